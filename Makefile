@@ -1,0 +1,33 @@
+# The two commands of the README:
+#   make sample   install into .venv, then sample images from text with the shipped models
+#   make test     install into .venv, then run every test (pytest for tests/, nbval for lessons/)
+#
+# TORCH is installed before the package. The default is the CPU wheel; a GPU user installs the CUDA
+# build of torch that matches their driver into .venv first and runs `make test TORCH=` (skip the pin).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install sample test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(if $(TORCH),$(BIN)/pip install --quiet $(TORCH))
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+sample: $(STAMP)
+	$(BIN)/minimagen demo --out out/demo.png
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_data.py
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,293 @@
+"""Training a diffusion U-Net: AdamW, EMA weights, caption dropout for classifier-free guidance,
+checkpoints that resume exactly.
+
+The loop is the one of DDPM Algorithm 1, repeated:
+
+    x0, caption ~ data;  t ~ U{0..T-1};  eps ~ N(0, I)
+    loss = || eps - eps_theta(sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, t, text) ||^2
+
+with three additions Imagen relies on: the caption is replaced by the null embedding for a fraction
+of examples (so the same network learns eps(x_t, null) for classifier-free guidance), an exponential
+moving average (EMA) of the weights is kept and used for sampling, and gradients are clipped.
+
+Every random draw of a run (batch indices, t, eps, caption dropout) comes from one ``torch.Generator``
+whose state is saved in each checkpoint, so a resumed run makes the same draws as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import pathlib
+import time
+from contextlib import nullcontext
+from typing import Any, Literal, Sequence
+
+import torch
+from tqdm import tqdm
+
+from minimagen.checkpoint import FORMAT_KEY, atomic_save_safetensors, load_state_strict, read_safetensors
+from minimagen.diffusion import diffusion_loss
+from minimagen.schedules import NoiseSchedule
+
+CHECKPOINT_PREFIX = "step_"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 2000  # total optimizer steps of the run (resume continues up to this number)
+    batch_size: int = 16
+    lr: float = 3e-4  # AdamW peak learning rate, reached after `warmup_steps`
+    warmup_steps: int = 100  # linear warm-up keeps the first, noisy updates small
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # clip the global gradient norm (Imagen clips too)
+    ema_decay: float = 0.999  # EMA of the weights, used for sampling
+    text_drop_prob: float = 0.1  # Imagen trains with the caption dropped 10% of the time (CFG)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a GPU that has it, else fp32
+    log_every: int = 25  # loss history granularity and progress-bar refresh, in steps
+    checkpoint_every: int = 500  # 0 = only at the end
+    keep_checkpoints: int = 2  # older checkpoints are deleted once a newer one is safely on disk
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.text_drop_prob <= 1.0:
+            raise ValueError(f"TrainConfig.text_drop_prob must be in [0, 1], got {self.text_drop_prob}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"TrainConfig.precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"TrainConfig.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def autocast_context(precision: str, device: torch.device):
+    """bf16 autocast where it pays off (a GPU with bf16 support, or when asked), else nothing."""
+    use_bf16 = precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class Trainer:
+    """Train a (text-conditional or unconditional) U-Net on a dataset of ``(image, caption)`` pairs.
+
+    ``model`` is called as ``model(x_t, t, text, text_mask, text_drop=...)``; with ``text_encoder=None``
+    the model is trained unconditionally as ``model(x_t, t)``. Checkpoints go to ``out_dir``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        dataset: Sequence,
+        schedule: NoiseSchedule,
+        config: TrainConfig,
+        out_dir: str | pathlib.Path,
+        *,
+        text_encoder=None,
+        device: str | torch.device = "cpu",
+        extra_metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if len(dataset) == 0:
+            raise ValueError("dataset is empty")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.dataset = dataset
+        self.schedule = schedule.to(self.device)
+        self.config = config
+        self.out_dir = pathlib.Path(out_dir)
+        self.text_encoder = text_encoder
+        self.extra_metadata = extra_metadata or {}
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.history: list[tuple[int, float]] = []  # (step, mean loss over the last log_every steps)
+        self.wall_time = 0.0  # seconds spent in fit(), summed over resumes
+
+    # -- one step -----------------------------------------------------------------------------
+    def _learning_rate(self, step: int) -> float:
+        return self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup_steps))
+
+    def _batch(self) -> tuple[torch.Tensor, list[str]]:
+        idx = torch.randint(len(self.dataset), (self.config.batch_size,), generator=self.generator)
+        items = [self.dataset[int(i)] for i in idx]
+        images = torch.stack([img for img, _ in items]).to(self.device)  # (B, 3, H, W)
+        return images, [cap for _, cap in items]
+
+    def loss_on(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """The diffusion loss of one batch, with caption dropout drawn from the run's generator."""
+        b = images.shape[0]
+        if self.text_encoder is None:
+            model_fn = self.model
+        else:
+            text, mask = self.text_encoder.encode(captions)  # (B, L, D), (B, L)
+            text, mask = text.to(self.device), mask.to(self.device)
+            drop = (torch.rand(b, generator=self.generator) < self.config.text_drop_prob).to(self.device)
+
+            def model_fn(x_t, t):
+                return self.model(x_t, t, text, mask, text_drop=drop)
+
+        # Draw t and eps on the CPU generator so the run is the same on any device.
+        t = torch.randint(self.schedule.T, (b,), generator=self.generator).to(self.device)
+        noise = torch.randn(images.shape, generator=self.generator).to(self.device)
+        with autocast_context(self.config.precision, self.device):
+            return diffusion_loss(model_fn, images, self.schedule, t=t, noise=noise)
+
+    def train_step(self) -> float:
+        self.model.train()
+        images, captions = self._batch()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._learning_rate(self.step)
+        loss = self.loss_on(images, captions)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self._update_ema()
+        self.step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm the decay up (as in many DDPM codebases) so early EMA weights are not stuck at init.
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for ema_p, p in zip(self.ema.parameters(), self.model.parameters()):
+            ema_p.lerp_(p.detach(), 1.0 - decay)
+        for ema_b, b in zip(self.ema.buffers(), self.model.buffers()):
+            ema_b.copy_(b)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self, progress: bool = True) -> list[tuple[int, float]]:
+        """Train until ``config.steps``, logging, checkpointing; returns the loss history."""
+        cfg = self.config
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not progress, dynamic_ncols=True)
+        window: list[float] = []
+        start, images_seen = time.perf_counter(), 0
+        while self.step < cfg.steps:
+            window.append(self.train_step())
+            images_seen += cfg.batch_size
+            bar.update(1)
+            if self.step % cfg.log_every == 0:
+                self.history.append((self.step, sum(window) / len(window)))
+                window = []
+                rate = images_seen / max(1e-9, time.perf_counter() - start)
+                bar.set_postfix(loss=f"{self.history[-1][1]:.4f}", img_s=f"{rate:.1f}")
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                self._add_wall_time(start)
+                start, images_seen = time.perf_counter(), 0
+                self.save_checkpoint()
+        bar.close()
+        if window:
+            self.history.append((self.step, sum(window) / len(window)))
+        self._add_wall_time(start)
+        self.save_checkpoint()
+        return self.history
+
+    def _add_wall_time(self, start: float) -> None:
+        self.wall_time += time.perf_counter() - start
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def checkpoint_path(self, step: int) -> pathlib.Path:
+        return self.out_dir / f"{CHECKPOINT_PREFIX}{step:08d}.safetensors"
+
+    def save_checkpoint(self) -> pathlib.Path:
+        """Write everything needed to resume; atomically, then prune old checkpoints."""
+        tensors: dict[str, torch.Tensor] = {}
+        tensors.update({f"model/{k}": v for k, v in self.model.state_dict().items()})
+        tensors.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
+        optim = self.optimizer.state_dict()
+        for index, state in optim["state"].items():
+            for name, value in state.items():
+                tensors[f"optim/{index}/{name}"] = torch.as_tensor(value)
+        tensors["rng/generator"] = self.generator.get_state()
+        tensors["rng/torch"] = torch.get_rng_state()
+        steps, losses = zip(*self.history) if self.history else ((), ())
+        tensors["history/step"] = torch.tensor(steps, dtype=torch.int64)
+        tensors["history/loss"] = torch.tensor(losses, dtype=torch.float64)
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in optim["param_groups"]]
+        metadata = {
+            "step": self.step,
+            "wall_time": self.wall_time,
+            "train_config": dataclasses.asdict(self.config),
+            "model_config": _model_config(self.model),
+            "optimizer_param_groups": groups,
+            **self.extra_metadata,
+        }
+        header = {k: json.dumps(v) for k, v in metadata.items()}
+        header[FORMAT_KEY] = "training"
+        path = self.checkpoint_path(self.step)
+        atomic_save_safetensors(tensors, path, header)
+        for old in list_checkpoints(self.out_dir)[: -self.config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def resume(self, path: str | pathlib.Path | None = None) -> bool:
+        """Load ``path`` (default: the newest checkpoint in ``out_dir``); False if there is none.
+
+        Raises ValueError for a corrupt file or one written for a different model.
+        """
+        if path is None:
+            found = list_checkpoints(self.out_dir)
+            if not found:
+                return False
+            path = found[-1]
+        tensors, meta = read_safetensors(path, "training")
+        if meta.get("model_config") != _model_config(self.model):
+            raise ValueError(
+                f"checkpoint {str(path)!r} was written for a different model config: "
+                f"{meta.get('model_config')} vs {_model_config(self.model)}"
+            )
+
+        def section(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        load_state_strict(self.model, section("model/"), path)
+        load_state_strict(self.ema, section("ema/"), path)
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in section("optim/").items():
+            index, name = key.split("/", 1)
+            state.setdefault(int(index), {})[name] = value  # load_state_dict moves them
+        groups = meta["optimizer_param_groups"]
+        n_params = len(list(self.model.parameters()))
+        if len(groups) != 1:
+            raise ValueError(f"checkpoint {str(path)!r} has {len(groups)} optimizer groups, expected 1")
+        groups[0]["params"] = list(range(n_params))
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self.generator.set_state(tensors["rng/generator"])
+        torch.set_rng_state(tensors["rng/torch"])
+        self.step = int(meta["step"])
+        self.wall_time = float(meta.get("wall_time", 0.0))
+        self.history = list(zip(tensors["history/step"].tolist(), tensors["history/loss"].tolist()))
+        return True
+
+
+def list_checkpoints(out_dir: str | pathlib.Path) -> list[pathlib.Path]:
+    """Complete training checkpoints in ``out_dir``, oldest first (temp files of a killed write are skipped)."""
+    out_dir = pathlib.Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    return sorted(out_dir.glob(f"{CHECKPOINT_PREFIX}*.safetensors"))
+
+
+def _model_config(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The model's config as it reads back from JSON (tuples become lists), for comparisons."""
+    config = getattr(model, "config", None)
+    return json.loads(json.dumps(config.to_dict())) if hasattr(config, "to_dict") else None
+

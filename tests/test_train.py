@@ -1,0 +1,182 @@
+"""Trainer: the loss falls, resume equals an uninterrupted run, checkpoints are atomic and checked."""
+
+import dataclasses
+import json
+import pathlib
+
+import pytest
+import torch
+
+from minimagen import checkpoint as ckpt
+from minimagen.data import Shapes
+from minimagen.schedules import NoiseSchedule
+from minimagen.train import TrainConfig, Trainer, list_checkpoints
+from minimagen.unet import UNet, UNetConfig
+
+
+class FakeTextEncoder:
+    """Deterministic stand-in for TextEncoder: one token per word, embedded by a fixed random table."""
+
+    dim = 8
+
+    def __init__(self, max_length: int = 6):
+        self.max_length = max_length
+        self.table = torch.randn(64, self.dim, generator=torch.Generator().manual_seed(0))
+
+    def encode(self, prompts):
+        tokens = torch.zeros(len(prompts), self.max_length, self.dim)
+        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
+        for i, prompt in enumerate(prompts):
+            for j, word in enumerate(prompt.split()[: self.max_length]):
+                tokens[i, j] = self.table[sum(map(ord, word)) % 64]
+                mask[i, j] = True
+        return tokens, mask
+
+
+def tiny_unet(text_dim=None) -> UNet:
+    return UNet(
+        UNetConfig(
+            image_size=16,
+            channels=16,
+            channel_mults=(1, 2),
+            blocks_per_level=(1, 1),
+            self_attention_levels=(False, True),
+            cross_attention_levels=(False, text_dim is not None),
+            text_dim=text_dim,
+            num_heads=2,
+        )
+    )
+
+
+def make_trainer(out_dir, steps, text=False, **overrides) -> Trainer:
+    torch.manual_seed(0)  # model init only; the run's own draws come from TrainConfig.seed
+    config = TrainConfig(
+        steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, log_every=1, checkpoint_every=3, seed=7, **overrides
+    )
+    encoder = FakeTextEncoder() if text else None
+    model = tiny_unet(encoder.dim if text else None)
+    data = Shapes(size=16, length=64, seed=3, max_objects=1, textures=("plain",))
+    return Trainer(model, data, NoiseSchedule.linear(100), config, out_dir, text_encoder=encoder)
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, text):
+    full = make_trainer(tmp_path / "full", steps=6, text=text)
+    full.fit(progress=False)
+
+    first = make_trainer(tmp_path / "split", steps=3, text=text)
+    first.fit(progress=False)
+    second = make_trainer(tmp_path / "split", steps=6, text=text)
+    assert second.resume() is True and second.step == 3
+    second.fit(progress=False)
+
+    assert second.history == full.history  # bit for bit
+    for a, b in zip(full.model.state_dict().values(), second.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(full.ema.state_dict().values(), second.ema.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_resume_without_checkpoint_returns_false(tmp_path):
+    assert make_trainer(tmp_path, steps=2).resume() is False
+
+
+def test_loss_falls_and_ema_lags(tmp_path):
+    trainer = make_trainer(tmp_path, steps=40)
+    history = trainer.fit(progress=False)
+    first = sum(loss for _, loss in history[:5]) / 5
+    last = sum(loss for _, loss in history[-5:]) / 5
+    assert last < 0.7 * first
+    moved = [not torch.equal(e, m) for e, m in zip(trainer.ema.parameters(), trainer.model.parameters())]
+    assert any(moved)
+
+
+def test_old_checkpoints_are_pruned(tmp_path):
+    trainer = make_trainer(tmp_path, steps=9, keep_checkpoints=2)
+    trainer.fit(progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000006.safetensors", "step_00000009.safetensors"]
+
+
+def test_caption_dropout_rate(tmp_path):
+    trainer = make_trainer(tmp_path, steps=1, text=True, text_drop_prob=0.25)
+    seen = []
+    original = trainer.model.forward
+
+    def spy(x_t, t, text=None, text_mask=None, **kw):
+        seen.append(kw["text_drop"].clone())
+        return original(x_t, t, text, text_mask, **kw)
+
+    trainer.model.forward = spy
+    images = torch.zeros(400, 3, 16, 16)
+    trainer.loss_on(images, ["a small red plain circle on the left"] * 400)
+    rate = torch.cat(seen).float().mean().item()
+    assert 0.19 < rate < 0.31  # 0.25 +- 3 standard errors of a Bernoulli(0.25) mean over 400
+
+
+def test_a_killed_write_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, steps=3)
+    trainer.fit(progress=False)
+    good = list_checkpoints(tmp_path)
+    trainer.step += 1
+
+    def dies_midway(tensors, filename, metadata=None):
+        pathlib.Path(filename).write_bytes(b"half a file")
+        raise KeyboardInterrupt  # the process is killed while writing
+
+    monkeypatch.setattr(ckpt, "save_file", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    assert list_checkpoints(tmp_path) == good
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert make_trainer(tmp_path, steps=3).resume() is True
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    trainer = make_trainer(tmp_path, steps=3)
+    trainer.fit(progress=False)
+    path = list_checkpoints(tmp_path)[-1]
+    path.write_bytes(path.read_bytes()[:1000])  # truncated, as by a full disk
+    with pytest.raises(ValueError, match="corrupt"):
+        make_trainer(tmp_path, steps=3).resume()
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    make_trainer(tmp_path, steps=3).fit(progress=False)
+    other = make_trainer(tmp_path / "other", steps=3)
+    other_config = dataclasses.replace(other.model.config, channels=8)
+    other.model = UNet(other_config)
+    with pytest.raises(ValueError, match="different model config"):
+        other.resume(list_checkpoints(tmp_path)[-1])
+
+
+def test_weights_file_round_trip_and_errors(tmp_path):
+    model = tiny_unet(text_dim=8)
+    path = tmp_path / "w.safetensors"
+    ckpt.save_weights(model, path, model.config.to_dict(), card={"steps": 0})
+    state, config = ckpt.read_weights(path)
+    assert config == json.loads(json.dumps(model.config.to_dict()))  # tuples come back as lists
+    assert (tmp_path / "w.json").is_file()
+    fresh = tiny_unet(text_dim=8)
+    ckpt.load_state_strict(fresh, state, path)
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        torch.testing.assert_close(a.half().float(), b)  # fp16 on disk
+    with pytest.raises(ValueError, match="does not match the model"):
+        ckpt.load_state_strict(tiny_unet(text_dim=None), state, path)
+    with pytest.raises(ValueError, match="not a minimagen training file"):
+        ckpt.read_safetensors(path, "training")
+    with pytest.raises(ValueError, match="does not exist"):
+        ckpt.read_weights(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="corrupt"):
+        ckpt.read_weights(tmp_path / "junk.safetensors")
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="text_drop_prob"):
+        TrainConfig(text_drop_prob=1.5)
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({"stepz": 3})
