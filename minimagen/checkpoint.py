@@ -117,22 +117,26 @@ def save_weights(
     *,
     dtype: torch.dtype = torch.float16,
     card: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Save a model's weights (cast to ``dtype``) with its config; write ``card`` as JSON beside it.
 
-    The card (training command, seed, steps, wall time, metrics) goes to ``path`` with ``.json`` suffix.
+    The card (training command, seed, steps, wall time, metrics) goes to ``path`` with ``.json`` suffix;
+    ``extra`` entries (what a loader needs besides the config, e.g. the noise schedule) go in the header.
     """
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    atomic_save_safetensors(tensors, path, {FORMAT_KEY: "weights", "config": json.dumps(config)})
+    header = {k: json.dumps(v) for k, v in (extra or {}).items()}
+    header.update({FORMAT_KEY: "weights", "config": json.dumps(config)})
+    atomic_save_safetensors(tensors, path, header)
     if card is not None:
         text = json.dumps(card, indent=2, sort_keys=False) + "\n"
         atomic_write_bytes(pathlib.Path(path).with_suffix(".json"), text.encode())
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a weights file: ``(state_dict in float32, config dict)``."""
+    """Read a weights file: ``(state_dict in float32, header)``; ``header["config"]`` is the model config."""
     tensors, meta = read_safetensors(path, "weights")
     if "config" not in meta:
         raise ValueError(f"checkpoint {str(path)!r} has no model config in its header")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
-    return state, meta["config"]
+    return state, meta

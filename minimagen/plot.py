@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import textwrap
 from typing import Sequence
 
 import torch
@@ -61,8 +62,8 @@ def show_images(
         ax.axis("off")
         if i < b:
             ax.imshow(pixels[i], interpolation="nearest")
-            if titles is not None:
-                ax.set_title(titles[i], fontsize=7)
+            if titles is not None:  # wrapped to the panel's width
+                ax.set_title(textwrap.fill(titles[i], width=int(size * 13)), fontsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()

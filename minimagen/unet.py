@@ -264,7 +264,8 @@ class UNet(nn.Module):
     The order of resampling is the config's choice (Imagen App. B.1):
     - classic (DDPM): level i runs at image_size / 2^i; downsample after a level, upsample after a level;
     - efficient_updown: every level downsamples *before* its convolutions and upsamples *after* them, so
-      no ResNet block runs at full resolution (level i runs at image_size / 2^(i+1)): much faster.
+      only one ResNet block runs at full resolution (level i runs at image_size / 2^(i+1)): much faster.
+      That one block, `top`, joins the upsampled features with the stem's full-resolution features.
     Each level passes one skip connection (its output) to its mirror on the way up, scaled by skip_scale.
     """
 
@@ -314,6 +315,12 @@ class UNet(nn.Module):
         self.up_levels = nn.ModuleList(up_levels[i] for i in range(len(widths)))
         self.upsamples = nn.ModuleList(upsamples[i] for i in range(len(widths)))
 
+        self.top = None
+        if c.efficient_updown:
+            # No level runs at full resolution in this order, yet eps has per-pixel detail (at large t it
+            # is nearly x_t itself): one ResBlock at full resolution sees the stem's features through a skip.
+            self.top = ResBlock(ch + c.channels, c.channels, cond_dim, c.groups, c.dropout)
+            ch = c.channels
         self.out = nn.Sequential(nn.GroupNorm(c.groups, ch), nn.SiLU(),
                                  zero_init(nn.Conv2d(ch, c.out_channels, 3, padding=1)))  # untrained: eps = 0
 
@@ -340,7 +347,7 @@ class UNet(nn.Module):
             cond = cond + self.pool_proj(pooled)
 
         h = x_t if lowres is None else torch.cat([x_t, lowres], dim=1)  # (B, in + lowres channels, H, W), SR3
-        h = self.stem(h)  # (B, channels, H, W)
+        h = stem = self.stem(h)  # (B, channels, H, W)
         skips = []
         for level, down in zip(self.down_levels, self.downsamples):
             if c.efficient_updown:
@@ -356,6 +363,8 @@ class UNet(nn.Module):
             h = torch.cat([h, skips[i] * c.skip_scale], dim=1)  # (B, C + C_skip, H, W)
             h = self.up_levels[i](h, cond, tokens, mask)  # (B, C_level, H, W)
             h = self.upsamples[i](h)  # (B, C_level, 2H, 2W), or unchanged at the top
+        if self.top is not None:
+            h = self.top(torch.cat([h, stem * c.skip_scale], dim=1), cond)  # (B, channels, H, W)
         return self.out(h)  # (B, out_channels, H, W)
 
     def project_text(self, batch, text, text_mask, text_drop):

@@ -153,8 +153,8 @@ def test_weights_file_round_trip_and_errors(tmp_path):
     model = tiny_unet(text_dim=8)
     path = tmp_path / "w.safetensors"
     ckpt.save_weights(model, path, model.config.to_dict(), card={"steps": 0})
-    state, config = ckpt.read_weights(path)
-    assert config == json.loads(json.dumps(model.config.to_dict()))  # tuples come back as lists
+    state, header = ckpt.read_weights(path)
+    assert header["config"] == json.loads(json.dumps(model.config.to_dict()))  # tuples come back as lists
     assert (tmp_path / "w.json").is_file()
     fresh = tiny_unet(text_dim=8)
     ckpt.load_state_strict(fresh, state, path)
