@@ -140,3 +140,34 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise ValueError(f"checkpoint {str(path)!r} has no model config in its header")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     return state, meta
+
+
+# The checkpoints this repository ships (trained by its own commands; each has a JSON model card).
+SHIPPED_DIR = pathlib.Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+
+
+def shipped_checkpoint(name: str) -> pathlib.Path:
+    """Path of a shipped weights file, e.g. ``shipped_checkpoint("base64")``; ValueError if it is absent."""
+    path = SHIPPED_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        available = sorted(p.stem for p in SHIPPED_DIR.glob("*.safetensors")) if SHIPPED_DIR.is_dir() else []
+        raise ValueError(f"no shipped checkpoint named {name!r} in {SHIPPED_DIR}; available: {available}")
+    return path
+
+
+def load_unet(path: str | os.PathLike):
+    """Build the U-Net a weights file describes and load its weights: returns ``(unet in eval mode, header)``.
+
+    ``header`` holds what else the file records (e.g. ``header["schedule"]``, the noise schedule it was
+    trained with).
+    """
+    from minimagen.unet import UNet, UNetConfig
+
+    state, header = read_weights(path)
+    try:
+        config = UNetConfig.from_dict(header["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {str(path)!r} has an invalid U-Net config: {err}") from err
+    unet = UNet(config)
+    load_state_strict(unet, state, path)
+    return unet.eval(), header

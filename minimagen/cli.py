@@ -10,6 +10,7 @@ Every subcommand validates its arguments before any heavy work starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import shlex
@@ -18,6 +19,8 @@ import time
 from typing import Sequence
 
 import torch
+
+from minimagen.unet import PRESETS
 
 DEMO_UNET = dict(
     image_size=32,
@@ -43,15 +46,17 @@ def demo(args: argparse.Namespace) -> pathlib.Path:
     """Train a small unconditional U-Net on one-object Shapes at 32 px, then DDIM-sample a grid."""
     from minimagen.data import Shapes
     from minimagen.plot import save_grid
-    from minimagen.samplers import ddim_sample
+    from minimagen.samplers import ddpm_sample
     from minimagen.schedules import NoiseSchedule
     from minimagen.train import TrainConfig, Trainer
     from minimagen.unet import UNet, UNetConfig
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the model's initial weights
     model = UNet(UNetConfig(**DEMO_UNET))
     data = Shapes(size=32, length=50_000, seed=args.seed, max_objects=1, textures=("plain",))
-    schedule = NoiseSchedule.linear(1000)
+    schedule = NoiseSchedule.cosine(1000, max_beta=0.2)  # see the note on max_beta in `train --max-beta`
     config = TrainConfig(
         steps=args.steps, batch_size=32, lr=1e-3, warmup_steps=50, ema_decay=0.995,
         checkpoint_every=0, seed=args.seed,
@@ -60,34 +65,57 @@ def demo(args: argparse.Namespace) -> pathlib.Path:
     trainer = Trainer(model, data, schedule, config, run_dir / "checkpoints")
     print(f"demo: training a {model.num_parameters() / 1e6:.2f} M-parameter U-Net for {args.steps} steps")
     trainer.fit(progress=not args.quiet)
-    images = ddim_sample(
-        trainer.ema, (args.n, 3, 32, 32), schedule, steps=50,
+    # DDPM's reference sampler clips x0_hat to [-1, 1] at every step: static thresholding (lesson 07).
+    images = ddpm_sample(
+        trainer.ema, (args.n, 3, 32, 32), schedule, threshold="static",
         generator=torch.Generator().manual_seed(args.seed), progress=not args.quiet,
     )
     path = save_grid(images, args.out)
     print(f"demo: final loss {trainer.history[-1][1]:.4f}, {trainer.wall_time:.0f} s of training; wrote {path}")
+    if args.save:
+        import platform
+
+        from minimagen.checkpoint import save_weights
+
+        losses = [loss for _, loss in trainer.history]
+        card = {
+            "stage": "uncond32",
+            "config": model.config.to_dict(),
+            "parameters": model.num_parameters(),
+            "schedule": {"kind": "cosine", "T": 1000, "max_beta": 0.2},
+            "data": {"dataset": "Shapes", "size": 32, "seed": args.seed, "max_objects": 1, "textures": ["plain"]},
+            "training": {
+                "command": args.command_line,
+                "train_config": dataclasses.asdict(config),
+                "seed": args.seed,
+                "steps": trainer.step,
+                "wall_time_s": round(trainer.wall_time, 1),
+                "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+                "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 5),
+            },
+            "weights": "EMA weights, fp16",
+        }
+        save_weights(trainer.ema, args.save, model.config.to_dict(), card=card,
+                     extra={"stage": "uncond32", "schedule": card["schedule"]})
+        print(f"demo: saved the EMA weights to {args.save}")
     return path
 
 
-# Named U-Net sizes for `minimagen train --unet`. Text-conditional, Efficient U-Net order (downsample
-# before the convolutions), skips scaled by 1/sqrt(2) (Imagen appendix B). Measured on 2 CPU cores,
-# batch 16 at 64 px: "base-s" 1.2 M parameters, "base-m" 4.3 M (see bench/ for the figures).
-UNET_PRESETS = {
-    "base-s": dict(
-        channels=32, channel_mults=(1, 2, 3), blocks_per_level=(1, 2, 2),
-        self_attention_levels=(False, False, True), cross_attention_levels=(False, True, True),
-    ),
-    "base-m": dict(
-        channels=48, channel_mults=(1, 2, 3, 4), blocks_per_level=(1, 2, 2, 2),
-        self_attention_levels=(False, False, True, True), cross_attention_levels=(False, True, True, True),
-    ),
-}
+def schedule_from_dict(spec: dict) -> "NoiseSchedule":
+    """The noise schedule a model card describes: {"kind": "cosine" | "linear", "T": ..., "max_beta": ...}."""
+    from minimagen.schedules import NoiseSchedule
+
+    if spec["kind"] == "cosine":
+        return NoiseSchedule.cosine(spec["T"], max_beta=spec.get("max_beta", 0.999))
+    if spec["kind"] == "linear":
+        return NoiseSchedule.linear(spec["T"])
+    raise ValueError(f"unknown schedule kind {spec['kind']!r}: expected 'cosine' or 'linear'")
 
 
 def _train_metadata(args: argparse.Namespace) -> dict:
     return {
         "stage": args.stage,
-        "schedule": {"kind": args.schedule, "T": args.T},
+        "schedule": {"kind": args.schedule, "T": args.T, "max_beta": args.max_beta},
         "text": {"encoder": args.encoder, "max_length": args.max_length},
         "data": {"dataset": "Shapes", "size": args.image_size, "seed": args.seed, "max_objects": 2},
         "command": args.command_line,
@@ -108,10 +136,10 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)  # initial weights; every later draw comes from the trainer's generator
     unet_config = UNetConfig(
         image_size=args.image_size, text_dim=encoder.dim, skip_scale=2**-0.5, efficient_updown=True,
-        **UNET_PRESETS[args.unet],
+        **PRESETS[args.unet],
     )
     model = UNet(unet_config)
-    schedule = NoiseSchedule.cosine(args.T) if args.schedule == "cosine" else NoiseSchedule.linear(args.T)
+    schedule = schedule_from_dict({"kind": args.schedule, "T": args.T, "max_beta": args.max_beta})
     data = Shapes(size=args.image_size, length=10_000_000, seed=args.seed)
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -174,16 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train a small model on Shapes and write a grid of samples")
     p.add_argument("--out", default="out/demo.png", help="PNG file to write")
-    p.add_argument("--steps", type=_positive_int, default=1500, help="training steps")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="training steps")
     p.add_argument("--n", type=_positive_int, default=16, help="number of samples in the grid")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--save", default=None, help="also save the EMA weights (fp16 safetensors + JSON card)")
     p.set_defaults(func=demo)
 
     p = sub.add_parser("train", help="train a stage on Shapes (resumes from the newest checkpoint in --out)")
     p.add_argument("--stage", choices=["base"], default="base")
     p.add_argument("--out", required=True, help="run folder for checkpoints")
-    p.add_argument("--unet", choices=sorted(UNET_PRESETS), default="base-s")
+    p.add_argument("--unet", choices=sorted(PRESETS), default="base-s")
     p.add_argument("--image-size", type=_positive_int, default=64)
     p.add_argument("--steps", type=_positive_int, default=20_000)
     p.add_argument("--batch-size", type=_positive_int, default=16)
@@ -191,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--schedule", choices=["cosine", "linear"], default="cosine")
     p.add_argument("--T", type=_positive_int, default=1000)
+    p.add_argument(
+        "--max-beta", type=float, default=0.2,
+        help="cosine schedule's cap on beta_t. The paper's 0.999 leaves alpha_bar[T-1] ~ 2e-9, so x0_hat at the "
+        "first sampling step is eps's error times ~20,000; 0.2 keeps alpha_bar[T-1] ~ 3e-5, like the linear "
+        "schedule, and changes only the last ~10 of 1000 steps",
+    )
     p.add_argument("--encoder", default="minilm")
     p.add_argument("--max-length", type=_positive_int, default=24)
     p.add_argument("--cache-size", type=_positive_int, default=50_000, help="text embeddings kept in memory")

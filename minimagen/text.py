@@ -127,7 +127,7 @@ def resolve_encoder(name: str) -> tuple[str, str]:
         model_type = json.loads(config_file.read_text()).get("model_type")
         return str(folder), _check_model_type(model_type, str(folder))
 
-    from transformers import AutoConfig
+    AutoConfig = _transformers().AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=True)  # never the network
@@ -139,7 +139,7 @@ def resolve_encoder(name: str) -> tuple[str, str]:
 @contextlib.contextmanager
 def _no_progress_bar():
     """Hide transformers' "Loading weights" bar (noise in a lesson's output), then restore the setting."""
-    from transformers.utils import logging
+    logging = _transformers().utils.logging
 
     was_enabled = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()
@@ -150,9 +150,18 @@ def _no_progress_bar():
             logging.enable_progress_bar()
 
 
+def _transformers():
+    """Import transformers on first use. In a notebook without ipywidgets its tqdm.auto import warns that
+    widgets are missing; that warning says nothing about minimagen, so it is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import transformers
+    return transformers
+
+
 def load_encoder(source: str, model_type: str):
     """Load (model, tokenizer) from a folder or cached name; safetensors only, no remote code."""
-    import transformers
+    transformers = _transformers()
 
     if model_type in T5_FAMILY:
         model_class = getattr(transformers, T5_FAMILY[model_type])
