@@ -143,7 +143,7 @@ def train(args: argparse.Namespace) -> None:
     data = Shapes(size=args.image_size, length=10_000_000, seed=args.seed)
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, ema_decay=args.ema_decay,
+        checkpoint_every=args.checkpoint_every, ema_decay=args.ema_decay, sample_every=args.sample_every,
     )
     trainer = Trainer(
         model, data, schedule, config, args.out, text_encoder=encoder, device=args.device,
@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive_int, default=24)
     p.add_argument("--cache-size", type=_positive_int, default=50_000, help="text embeddings kept in memory")
     p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=1000, help="write a sample grid to OUT/samples (0: never)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -48,6 +48,8 @@ class TrainConfig:
     log_every: int = 25  # loss history granularity and progress-bar refresh, in steps
     checkpoint_every: int = 500  # 0 = only at the end
     keep_checkpoints: int = 2  # older checkpoints are deleted once a newer one is safely on disk
+    sample_every: int = 0  # write a grid of EMA samples every this many steps (0 = never)
+    sample_guidance: float = 3.0  # classifier-free guidance weight of those grids (text models)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -100,6 +102,7 @@ class Trainer:
         text_encoder=None,
         device: str | torch.device = "cpu",
         extra_metadata: dict[str, Any] | None = None,
+        sample_prompts: Sequence[str] | None = None,
     ) -> None:
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
@@ -112,6 +115,8 @@ class Trainer:
         self.out_dir = pathlib.Path(out_dir)
         self.text_encoder = text_encoder
         self.extra_metadata = extra_metadata or {}
+        # Fixed prompts for the periodic sample grids: by default the captions of the first 8 items.
+        self.sample_prompts = list(sample_prompts or [dataset[i][1] for i in range(min(8, len(dataset)))])
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -189,6 +194,8 @@ class Trainer:
                 window = []
                 rate = images_seen / max(1e-9, time.perf_counter() - start)
                 bar.set_postfix(loss=f"{self.history[-1][1]:.4f}", img_s=f"{rate:.1f}")
+            if cfg.sample_every and self.step % cfg.sample_every == 0:
+                self.save_samples()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self._add_wall_time(start)
                 start, images_seen = time.perf_counter(), 0
@@ -202,6 +209,32 @@ class Trainer:
 
     def _add_wall_time(self, start: float) -> None:
         self.wall_time += time.perf_counter() - start
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[str] | None = None, steps: int = 50, seed: int = 0) -> torch.Tensor:
+        """DDIM samples from the EMA weights (with CFG and dynamic thresholding for a text model)."""
+        from minimagen.guidance import guided_model_fn
+        from minimagen.samplers import ddim_sample
+
+        prompts = list(prompts or self.sample_prompts)
+        shape = (len(prompts), *self.dataset[0][0].shape)
+        if self.text_encoder is None:
+            model_fn, threshold = self.ema, "static"
+        else:
+            text, mask = self.text_encoder.encode(prompts)
+            model_fn = guided_model_fn(self.ema, text.to(self.device), mask.to(self.device), self.config.sample_guidance)
+            threshold = "dynamic"
+        return ddim_sample(model_fn, shape, self.schedule, steps=steps, threshold=threshold, device=self.device,
+                           generator=torch.Generator().manual_seed(seed), progress=False)
+
+    def save_samples(self) -> pathlib.Path:
+        """Write a grid of samples for the fixed prompts to ``out_dir/samples/step_XXXXXXXX.png``."""
+        from minimagen.plot import save_grid
+
+        path = self.out_dir / "samples" / f"{CHECKPOINT_PREFIX}{self.step:08d}.png"
+        save_grid(self.sample(), path, nrow=len(self.sample_prompts))
+        (path.parent / "prompts.txt").write_text("\n".join(self.sample_prompts) + "\n")
+        return path
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint_path(self, step: int) -> pathlib.Path:

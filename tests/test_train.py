@@ -180,3 +180,15 @@ def test_train_config_validation():
         TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
         TrainConfig.from_dict({"stepz": 3})
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_periodic_sample_grids(tmp_path, text):
+    trainer = make_trainer(tmp_path, steps=4, text=text, sample_every=2)
+    trainer.fit(progress=False)
+    grids = sorted((tmp_path / "samples").glob("step_*.png"))
+    assert [p.name for p in grids] == ["step_00000002.png", "step_00000004.png"]
+    assert len((tmp_path / "samples" / "prompts.txt").read_text().splitlines()) == len(trainer.sample_prompts)
+    images = trainer.sample(steps=3)
+    assert images.shape == (len(trainer.sample_prompts), 3, 16, 16)
+    torch.testing.assert_close(images, trainer.sample(steps=3))  # seeded: the same grid every time
