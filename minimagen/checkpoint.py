@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 FORMAT_KEY = "minimagen_format"
+FILE_MODE = 0o644  # mkstemp creates files readable by their owner only; checkpoints are meant to be shared
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -32,6 +33,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -54,6 +56,7 @@ def atomic_save_safetensors(
         # safetensors refuses tensors that share memory or are not contiguous: copy them out.
         tensors = {k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, FILE_MODE)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
