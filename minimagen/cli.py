@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 
+from minimagen.schedules import schedule_from_spec
 from minimagen.unet import PRESETS
 
 DEMO_UNET = dict(
@@ -101,17 +102,6 @@ def demo(args: argparse.Namespace) -> pathlib.Path:
     return path
 
 
-def schedule_from_dict(spec: dict) -> "NoiseSchedule":
-    """The noise schedule a model card describes: {"kind": "cosine" | "linear", "T": ..., "max_beta": ...}."""
-    from minimagen.schedules import NoiseSchedule
-
-    if spec["kind"] == "cosine":
-        return NoiseSchedule.cosine(spec["T"], max_beta=spec.get("max_beta", 0.999))
-    if spec["kind"] == "linear":
-        return NoiseSchedule.linear(spec["T"])
-    raise ValueError(f"unknown schedule kind {spec['kind']!r}: expected 'cosine' or 'linear'")
-
-
 def _train_metadata(args: argparse.Namespace) -> dict:
     return {
         "stage": args.stage,
@@ -125,7 +115,6 @@ def _train_metadata(args: argparse.Namespace) -> dict:
 def train(args: argparse.Namespace) -> None:
     """Train a stage with the Trainer; resumes from the newest checkpoint in --out."""
     from minimagen.data import Shapes
-    from minimagen.schedules import NoiseSchedule
     from minimagen.text import TextEncoder
     from minimagen.train import TrainConfig, Trainer
     from minimagen.unet import UNet, UNetConfig
@@ -139,7 +128,7 @@ def train(args: argparse.Namespace) -> None:
         **PRESETS[args.unet],
     )
     model = UNet(unet_config)
-    schedule = schedule_from_dict({"kind": args.schedule, "T": args.T, "max_beta": args.max_beta})
+    schedule = schedule_from_spec({"kind": args.schedule, "T": args.T, "max_beta": args.max_beta})
     data = Shapes(size=args.image_size, length=10_000_000, seed=args.seed)
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

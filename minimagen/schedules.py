@@ -273,3 +273,13 @@ class NoiseSchedule:
         _check_t(t, None, self.T)
         ab = self.alphas_cumprod[t.to(self.device)]  # [B]
         return (ab / (1 - ab)).to(t.device)
+
+
+def schedule_from_spec(spec: dict) -> NoiseSchedule:
+    """The schedule a model card records: ``{"kind": "cosine" | "linear", "T": ..., "max_beta": ...}``."""
+    kind = spec.get("kind")
+    if kind == "cosine":
+        return NoiseSchedule.cosine(spec["T"], max_beta=spec.get("max_beta", 0.999))
+    if kind == "linear":
+        return NoiseSchedule.linear(spec["T"])
+    raise ValueError(f"unknown schedule kind {kind!r}: expected 'cosine' or 'linear'")

@@ -7,6 +7,7 @@ import torch
 
 from minimagen import cli
 from minimagen.checkpoint import load_unet, shipped_checkpoint
+from minimagen.schedules import schedule_from_spec
 
 
 def test_unknown_subcommand_and_bad_numbers_are_rejected(capsys):
@@ -37,11 +38,11 @@ def test_train_then_export_gives_a_loadable_fp16_model(tmp_path, monkeypatch):
     assert unet.config.image_size == 16 and unet.config.text_dim == 384
 
 
-def test_schedule_from_dict():
-    s = cli.schedule_from_dict({"kind": "cosine", "T": 100, "max_beta": 0.2})
+def test_schedule_from_spec():
+    s = schedule_from_spec({"kind": "cosine", "T": 100, "max_beta": 0.2})
     assert s.T == 100 and float(s.betas.max()) <= 0.2
     with pytest.raises(ValueError, match="unknown schedule kind"):
-        cli.schedule_from_dict({"kind": "sigmoid", "T": 10})
+        schedule_from_spec({"kind": "sigmoid", "T": 10})
 
 
 def test_shipped_checkpoint_errors_name_what_exists():
@@ -52,7 +53,7 @@ def test_shipped_checkpoint_errors_name_what_exists():
 def test_shipped_uncond32_loads_and_denoises():
     unet, header = load_unet(shipped_checkpoint("uncond32"))
     assert header["stage"] == "uncond32"
-    schedule = cli.schedule_from_dict(header["schedule"])
+    schedule = schedule_from_spec(header["schedule"])
     from minimagen.data import Shapes
     from minimagen.diffusion import diffusion_loss
 
