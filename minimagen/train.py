@@ -50,6 +50,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # older checkpoints are deleted once a newer one is safely on disk
     sample_every: int = 0  # write a grid of EMA samples every this many steps (0 = never)
     sample_guidance: float = 3.0  # classifier-free guidance weight of those grids (text models)
+    max_aug_level: int = 250  # SR stages: the low-res input is noised at a level drawn from [0, max_aug_level)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -116,7 +117,7 @@ class Trainer:
         self.text_encoder = text_encoder
         self.extra_metadata = extra_metadata or {}
         # Fixed prompts for the periodic sample grids: by default the captions of the first 8 items.
-        self.sample_prompts = list(sample_prompts or [dataset[i][1] for i in range(min(8, len(dataset)))])
+        self.sample_prompts = list(sample_prompts or [dataset[i][-1] for i in range(min(8, len(dataset)))])
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -129,24 +130,41 @@ class Trainer:
     def _learning_rate(self, step: int) -> float:
         return self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup_steps))
 
-    def _batch(self) -> tuple[torch.Tensor, list[str]]:
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+        """Images, low-res inputs (an SR dataset's middle item, else None) and captions of one batch."""
         idx = torch.randint(len(self.dataset), (self.config.batch_size,), generator=self.generator)
         items = [self.dataset[int(i)] for i in idx]
-        images = torch.stack([img for img, _ in items]).to(self.device)  # (B, 3, H, W)
-        return images, [cap for _, cap in items]
+        images = torch.stack([item[0] for item in items]).to(self.device)  # (B, 3, H, W)
+        lowres = torch.stack([item[1] for item in items]).to(self.device) if len(items[0]) == 3 else None
+        return images, lowres, [item[-1] for item in items]
 
-    def loss_on(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """The diffusion loss of one batch, with caption dropout drawn from the run's generator."""
+    def _sr_inputs(self, lowres: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+        """Upsample the low-res images and noise them at random levels (noise-conditioning augmentation)."""
+        from minimagen.cascade import noise_augment, upsample
+
+        b = lowres.shape[0]
+        aug_level = torch.randint(self.config.max_aug_level, (b,), generator=self.generator).to(self.device)
+        up = upsample(lowres, size)  # (B, 3, H, W)
+        aug_noise = torch.randn(up.shape, generator=self.generator).to(self.device)
+        return {"lowres": noise_augment(up, aug_level, self.schedule, aug_noise), "aug_level": aug_level}
+
+    def loss_on(self, images: torch.Tensor, captions: list[str], lowres: torch.Tensor | None = None) -> torch.Tensor:
+        """The diffusion loss of one batch, with caption dropout drawn from the run's generator.
+
+        ``lowres`` (SR stages) is the batch's low-resolution input before upsampling and augmentation.
+        """
         b = images.shape[0]
+        extra = {} if lowres is None else self._sr_inputs(lowres, images.shape[-1])
         if self.text_encoder is None:
-            model_fn = self.model
+            def model_fn(x_t, t):
+                return self.model(x_t, t, **extra)
         else:
             text, mask = self.text_encoder.encode(captions)  # (B, L, D), (B, L)
             text, mask = text.to(self.device), mask.to(self.device)
             drop = (torch.rand(b, generator=self.generator) < self.config.text_drop_prob).to(self.device)
 
             def model_fn(x_t, t):
-                return self.model(x_t, t, text, mask, text_drop=drop)
+                return self.model(x_t, t, text, mask, text_drop=drop, **extra)
 
         # Draw t and eps on the CPU generator so the run is the same on any device.
         t = torch.randint(self.schedule.T, (b,), generator=self.generator).to(self.device)
@@ -156,10 +174,10 @@ class Trainer:
 
     def train_step(self) -> float:
         self.model.train()
-        images, captions = self._batch()
+        images, lowres, captions = self._batch()
         for group in self.optimizer.param_groups:
             group["lr"] = self._learning_rate(self.step)
-        loss = self.loss_on(images, captions)
+        loss = self.loss_on(images, captions, lowres)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
@@ -211,18 +229,36 @@ class Trainer:
         self.wall_time += time.perf_counter() - start
 
     @torch.no_grad()
-    def sample(self, prompts: Sequence[str] | None = None, steps: int = 50, seed: int = 0) -> torch.Tensor:
-        """DDIM samples from the EMA weights (with CFG and dynamic thresholding for a text model)."""
+    def sample(self, prompts: Sequence[str] | None = None, steps: int = 50, seed: int = 0,
+               aug_level: int = 0) -> torch.Tensor:
+        """DDIM samples from the EMA weights (with CFG and dynamic thresholding for a text model).
+
+        An SR stage is conditioned on the low-res images of the dataset's first items (one per prompt),
+        noised at the fixed ``aug_level``.
+        """
         from minimagen.guidance import guided_model_fn
         from minimagen.samplers import ddim_sample
 
         prompts = list(prompts or self.sample_prompts)
-        shape = (len(prompts), *self.dataset[0][0].shape)
+        n = len(prompts)
+        shape = (n, *self.dataset[0][0].shape)
+        extra = {}
+        if getattr(self.model.config, "lowres_channels", 0):
+            from minimagen.cascade import noise_augment, upsample
+
+            lowres = torch.stack([self.dataset[i][1] for i in range(n)]).to(self.device)
+            level = torch.full((n,), aug_level, device=self.device)
+            noise = torch.randn((n, *shape[1:]), generator=torch.Generator().manual_seed(seed + 1)).to(self.device)
+            extra = {"lowres": noise_augment(upsample(lowres, shape[-1]), level, self.schedule, noise),
+                     "aug_level": level}
         if self.text_encoder is None:
-            model_fn, threshold = self.ema, "static"
+            def model_fn(x_t, t):
+                return self.ema(x_t, t, **extra)
+            threshold = "static"
         else:
             text, mask = self.text_encoder.encode(prompts)
-            model_fn = guided_model_fn(self.ema, text.to(self.device), mask.to(self.device), self.config.sample_guidance)
+            model_fn = guided_model_fn(self.ema, text.to(self.device), mask.to(self.device),
+                                       self.config.sample_guidance, **extra)
             threshold = "dynamic"
         return ddim_sample(model_fn, shape, self.schedule, steps=steps, threshold=threshold, device=self.device,
                            generator=torch.Generator().manual_seed(seed), progress=False)
