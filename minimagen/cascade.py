@@ -11,6 +11,12 @@ is. At sampling a fixed small level is used.
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+from dataclasses import dataclass
+from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from minimagen.data import TEXTURES, Shapes
-from minimagen.schedules import NoiseSchedule
+from minimagen.schedules import NoiseSchedule, schedule_from_spec
 
 
 def upsample(lowres: Tensor, size: int) -> Tensor:
@@ -75,3 +81,121 @@ class SuperResolutionPairs(Dataset):
         f = self.factor
         return (high[:, y * f : (y + cells) * f, x * f : (x + cells) * f],  # (3, crop, crop)
                 low[:, y : y + cells, x : x + cells], caption)  # (3, crop/f, crop/f)
+
+
+@dataclass
+class Stage:
+    """One diffusion model of the cascade: its U-Net, its noise schedule and the size it generates."""
+
+    name: str  # "base64", "sr256", "sr1024"
+    unet: torch.nn.Module
+    schedule_spec: dict  # as model cards record it, e.g. {"kind": "cosine", "T": 1000, "max_beta": 0.2}
+    size: int  # output side in pixels (a fully convolutional SR U-Net may be trained on smaller crops)
+
+    def __post_init__(self) -> None:
+        self.schedule = schedule_from_spec(self.schedule_spec)
+
+    @property
+    def is_super_resolution(self) -> bool:
+        return self.unet.config.lowres_channels > 0
+
+
+def _per_stage(name: str, value, n: int) -> list:
+    """A number for every stage, or one number for all of them."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
+    if len(values) != n:
+        raise ValueError(f"{name} needs one value per stage ({n}), got {len(values)}: {value!r}")
+    return values
+
+
+class Imagen:
+    """Text encoder + base U-Net + super-resolution U-Nets, sampled one after the other (Imagen §2).
+
+    ``sample(prompts)`` runs the base stage from noise, then each SR stage conditioned on the previous
+    stage's output (upsampled and noise-augmented at a fixed level) and on the same text.
+    """
+
+    def __init__(self, text_encoder, stages: list[Stage]) -> None:
+        if not stages:
+            raise ValueError("stages must hold at least the base stage")
+        if stages[0].is_super_resolution:
+            raise ValueError(f"the first stage ({stages[0].name}) must be a base model, not a super-resolution one")
+        for prev, stage in zip(stages, stages[1:]):
+            if not stage.is_super_resolution:
+                raise ValueError(f"stage {stage.name} follows {prev.name} but takes no low-resolution input")
+            if stage.size <= prev.size:
+                raise ValueError(f"stage {stage.name} ({stage.size} px) must be larger than {prev.name} ({prev.size} px)")
+        for stage in stages:
+            if stage.unet.config.text_dim != text_encoder.dim:
+                raise ValueError(f"stage {stage.name} expects {stage.unet.config.text_dim}-dimensional text, "
+                                 f"the encoder gives {text_encoder.dim}")
+        self.text_encoder, self.stages = text_encoder, stages
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], *, guidance: float | Sequence[float] = (3.0, 1.0, 1.0),
+               threshold: str | None = "dynamic", steps: int | Sequence[int] = (50, 25, 25),
+               aug_level: int = 50, seed: int = 0, device: str | torch.device = "cpu",
+               progress: bool = True) -> list[Tensor]:
+        """Images of every stage for ``prompts``: a list of [B, 3, size, size] tensors in [-1, 1].
+
+        ``guidance`` and ``steps`` (DDIM steps) are per stage, or one value for all; ``aug_level`` is the
+        noise-augmentation timestep applied to each SR stage's input; ``seed`` makes the run repeatable.
+        """
+        from minimagen.guidance import guided_model_fn
+        from minimagen.samplers import ddim_sample
+
+        n = len(self.stages)
+        guidance, steps = _per_stage("guidance", guidance, n), _per_stage("steps", steps, n)
+        text, mask = self.text_encoder.encode(prompts)  # (B, L, D), (B, L); checks the prompts
+        text, mask = text.to(device), mask.to(device)
+        b = text.shape[0]
+        generator = torch.Generator().manual_seed(seed)
+        images: list[Tensor] = []
+        for stage, w, k in zip(self.stages, guidance, steps):
+            extra = {}
+            if stage.is_super_resolution:
+                if not 0 <= aug_level < stage.schedule.T:
+                    raise ValueError(f"aug_level must be in [0, {stage.schedule.T}), got {aug_level}")
+                level = torch.full((b,), aug_level, device=device)
+                up = upsample(images[-1], stage.size)  # (B, 3, size, size)
+                noise = torch.randn(up.shape, generator=generator).to(device)
+                extra = {"lowres": noise_augment(up, level, stage.schedule.to(device), noise), "aug_level": level}
+            model_fn = guided_model_fn(stage.unet.to(device).eval(), text, mask, w, **extra)
+            if progress:
+                print(f"stage {stage.name}: {stage.size}×{stage.size}, {k} DDIM steps, guidance w = {w}")
+            x = ddim_sample(model_fn, (b, 3, stage.size, stage.size), stage.schedule.to(device), steps=k,
+                            threshold=threshold, generator=generator, device=device, progress=progress)
+            images.append(x.clamp(-1, 1))
+        return images
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write every stage's weights (fp16 + card-less header) and ``imagen.json`` to ``folder``."""
+        from minimagen.checkpoint import atomic_write_bytes, save_weights
+
+        folder = pathlib.Path(folder)
+        for stage in self.stages:
+            save_weights(stage.unet, folder / f"{stage.name}.safetensors", stage.unet.config.to_dict(),
+                         extra={"stage": stage.name, "schedule": stage.schedule_spec, "size": stage.size})
+        index = {"text": {"encoder": self.text_encoder.name, "max_length": self.text_encoder.max_length},
+                 "stages": [stage.name for stage in self.stages]}
+        atomic_write_bytes(folder / "imagen.json", (json.dumps(index, indent=2) + "\n").encode())
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, text_encoder=None, device: str = "cpu") -> "Imagen":
+        """Load a cascade written by ``save_pretrained`` (the text encoder is loaded by name unless given)."""
+        from minimagen.checkpoint import load_unet
+
+        folder = pathlib.Path(folder)
+        index_path = folder / "imagen.json"
+        if not index_path.is_file():
+            raise ValueError(f"{str(folder)!r} has no imagen.json: not a folder written by Imagen.save_pretrained")
+        index = json.loads(index_path.read_text())
+        if text_encoder is None:
+            from minimagen.text import TextEncoder
+
+            text_encoder = TextEncoder(index["text"]["encoder"], max_length=index["text"]["max_length"], device=device)
+        stages = []
+        for name in index["stages"]:
+            unet, header = load_unet(folder / f"{name}.safetensors")
+            stages.append(Stage(name, unet, header["schedule"], int(header["size"])))
+        return cls(text_encoder, stages)

@@ -45,3 +45,71 @@ def test_noise_augment_is_the_forward_process():
     out = noise_augment(low, level, schedule, noise)
     torch.testing.assert_close(out, schedule.q_sample(low, level, noise))
     assert (out[0] - low[0]).abs().max() < 0.05  # level 0: almost untouched
+
+
+class FakeTextEncoder:
+    """A stand-in with TextEncoder's interface: one token per word from a fixed random table."""
+
+    name, max_length, dim = "fake", 6, 8
+
+    def encode(self, prompts):
+        if not isinstance(prompts, list) or not prompts:
+            raise ValueError("prompts must be a non-empty list of strings")
+        table = torch.randn(64, self.dim, generator=torch.Generator().manual_seed(0))
+        tokens = torch.zeros(len(prompts), self.max_length, self.dim)
+        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
+        for i, prompt in enumerate(prompts):
+            for j, word in enumerate(prompt.split()[: self.max_length]):
+                tokens[i, j], mask[i, j] = table[sum(map(ord, word)) % 64], True
+        return tokens, mask
+
+
+def tiny_cascade():
+    from minimagen.cascade import Imagen, Stage
+    from minimagen.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+
+    def unet(size, sr):
+        return UNet(UNetConfig(image_size=size, channels=8, channel_mults=(1, 2), blocks_per_level=(1, 1),
+                               self_attention_levels=(False, False), cross_attention_levels=(False, True),
+                               text_dim=8, num_heads=2, lowres_channels=3 if sr else 0, aug_level_conditioning=sr))
+
+    spec = {"kind": "cosine", "T": 100, "max_beta": 0.2}
+    stages = [Stage("base8", unet(8, False), spec, 8), Stage("sr16", unet(16, True), spec, 16),
+              Stage("sr32", unet(16, True), spec, 32)]  # fully convolutional: built for 16 px crops, run at 32
+    return Imagen(FakeTextEncoder(), stages)
+
+
+def test_cascade_samples_every_stage_and_reloads(tmp_path):
+    from minimagen.cascade import Imagen
+
+    imagen = tiny_cascade()
+    images = imagen.sample(["a red circle", "a blue square"], steps=3, guidance=(2.0, 1.0, 1.0), progress=False)
+    assert [tuple(x.shape) for x in images] == [(2, 3, 8, 8), (2, 3, 16, 16), (2, 3, 32, 32)]
+    assert all(x.abs().max() <= 1 for x in images)
+    again = imagen.sample(["a red circle", "a blue square"], steps=3, guidance=(2.0, 1.0, 1.0), progress=False)
+    torch.testing.assert_close(images[-1], again[-1])  # seeded
+
+    imagen.save_pretrained(tmp_path)
+    loaded = Imagen.from_pretrained(tmp_path, text_encoder=FakeTextEncoder())
+    reloaded = loaded.sample(["a red circle", "a blue square"], steps=3, guidance=(2.0, 1.0, 1.0), progress=False)
+    torch.testing.assert_close(reloaded[0], images[0], atol=2e-2, rtol=0)  # fp16 weights on disk
+
+
+def test_cascade_argument_errors(tmp_path):
+    from minimagen.cascade import Imagen, Stage
+
+    imagen = tiny_cascade()
+    with pytest.raises(ValueError, match="guidance needs one value per stage"):
+        imagen.sample(["x"], guidance=(1.0, 2.0), progress=False)
+    with pytest.raises(ValueError, match="aug_level"):
+        imagen.sample(["x"], steps=2, aug_level=500, progress=False)
+    with pytest.raises(ValueError, match="non-empty"):
+        imagen.sample([], progress=False)
+    with pytest.raises(ValueError, match="must be a base model"):
+        Imagen(FakeTextEncoder(), imagen.stages[1:])
+    with pytest.raises(ValueError, match="must be larger"):
+        Imagen(FakeTextEncoder(), [imagen.stages[0], imagen.stages[2], imagen.stages[1]])
+    with pytest.raises(ValueError, match="no imagen.json"):
+        Imagen.from_pretrained(tmp_path)
