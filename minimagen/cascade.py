@@ -46,6 +46,11 @@ def noise_augment(lowres: Tensor, aug_level: Tensor, schedule: NoiseSchedule, no
     return schedule.q_sample(lowres, aug_level, noise)
 
 
+def sr_inputs(lowres: Tensor, size: int, aug_level: Tensor, schedule: NoiseSchedule, noise: Tensor) -> dict:
+    """The extra arguments of an SR U-Net: ``lowres`` upsampled to ``size`` and noised at ``aug_level``."""
+    return {"lowres": noise_augment(upsample(lowres, size), aug_level, schedule, noise), "aug_level": aug_level}
+
+
 class SuperResolutionPairs(Dataset):
     """Aligned (high-res, low-res, caption) views of Shapes scenes for training an SR stage.
 
@@ -157,9 +162,8 @@ class Imagen:
                 if not 0 <= aug_level < stage.schedule.T:
                     raise ValueError(f"aug_level must be in [0, {stage.schedule.T}), got {aug_level}")
                 level = torch.full((b,), aug_level, device=device)
-                up = upsample(images[-1], stage.size)  # (B, 3, size, size)
-                noise = torch.randn(up.shape, generator=generator).to(device)
-                extra = {"lowres": noise_augment(up, level, stage.schedule.to(device), noise), "aug_level": level}
+                noise = torch.randn((b, 3, stage.size, stage.size), generator=generator).to(device)
+                extra = sr_inputs(images[-1], stage.size, level, stage.schedule.to(device), noise)
             model_fn = guided_model_fn(stage.unet.to(device).eval(), text, mask, w, **extra)
             if progress:
                 print(f"stage {stage.name}: {stage.size}×{stage.size}, {k} DDIM steps, guidance w = {w}")

@@ -43,6 +43,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def model_card(stage, model, *, schedule, data, command, train_config, steps, wall_time, history,
+               text=None, hardware=None) -> dict:
+    """What a shipped weights file records beside it: the model, and the run that trained it."""
+    import platform
+
+    losses = [loss for _, loss in history]
+    card = {"stage": stage, "config": model.config.to_dict(), "parameters": model.num_parameters(),
+            "schedule": schedule, "data": data}
+    if text is not None:
+        card["text"] = text
+    card["training"] = {
+        "command": command,
+        "train_config": train_config,
+        "seed": train_config["seed"],
+        "steps": steps,
+        "wall_time_s": round(wall_time, 1),
+        "hardware": hardware or f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+        "final_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 5),
+        "loss_history": [[int(step), round(loss, 5)] for step, loss in history],
+    }
+    card["weights"] = "EMA weights, fp16"
+    return card
+
+
 def demo(args: argparse.Namespace) -> pathlib.Path:
     """Train a small unconditional U-Net on one-object Shapes at 32 px, then DDIM-sample a grid."""
     from minimagen.data import Shapes
@@ -74,28 +98,14 @@ def demo(args: argparse.Namespace) -> pathlib.Path:
     path = save_grid(images, args.out)
     print(f"demo: final loss {trainer.history[-1][1]:.4f}, {trainer.wall_time:.0f} s of training; wrote {path}")
     if args.save:
-        import platform
-
         from minimagen.checkpoint import save_weights
 
-        losses = [loss for _, loss in trainer.history]
-        card = {
-            "stage": "uncond32",
-            "config": model.config.to_dict(),
-            "parameters": model.num_parameters(),
-            "schedule": {"kind": "cosine", "T": 1000, "max_beta": 0.2},
-            "data": {"dataset": "Shapes", "size": 32, "seed": args.seed, "max_objects": 1, "textures": ["plain"]},
-            "training": {
-                "command": args.command_line,
-                "train_config": dataclasses.asdict(config),
-                "seed": args.seed,
-                "steps": trainer.step,
-                "wall_time_s": round(trainer.wall_time, 1),
-                "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
-                "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 5),
-            },
-            "weights": "EMA weights, fp16",
-        }
+        card = model_card(
+            "uncond32", model, schedule={"kind": "cosine", "T": 1000, "max_beta": 0.2},
+            data={"dataset": "Shapes", "size": 32, "seed": args.seed, "max_objects": 1, "textures": ["plain"]},
+            command=args.command_line, train_config=dataclasses.asdict(config), steps=trainer.step,
+            wall_time=trainer.wall_time, history=trainer.history,
+        )
         save_weights(trainer.ema, args.save, model.config.to_dict(), card=card,
                      extra={"stage": "uncond32", "schedule": card["schedule"]})
         print(f"demo: saved the EMA weights to {args.save}")
@@ -147,8 +157,6 @@ def train(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     """Write the EMA weights of a run's newest checkpoint as fp16 safetensors + a JSON model card."""
-    import platform
-
     from minimagen.checkpoint import load_state_strict, read_safetensors, save_weights
     from minimagen.train import list_checkpoints
     from minimagen.unet import UNet, UNetConfig
@@ -159,27 +167,12 @@ def export(args: argparse.Namespace) -> None:
     tensors, meta = read_safetensors(found[-1], "training")
     model = UNet(UNetConfig.from_dict(meta["model_config"]))
     load_state_strict(model, {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}, found[-1])
-    losses = tensors["history/loss"].tolist()
-    card = {
-        "stage": meta.get("stage"),
-        "config": meta["model_config"],
-        "parameters": model.num_parameters(),
-        "schedule": meta.get("schedule"),
-        "text": meta.get("text"),
-        "data": meta.get("data"),
-        "training": {
-            "command": meta.get("command"),
-            "train_config": meta["train_config"],
-            "seed": meta["train_config"]["seed"],
-            "steps": meta["step"],
-            "wall_time_s": round(meta.get("wall_time", 0.0), 1),
-            "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-            if args.hardware is None else args.hardware,
-            "final_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 5),
-            "loss_history": [[int(s), round(l, 5)] for s, l in zip(tensors["history/step"].tolist(), losses)],
-        },
-        "weights": "EMA weights, fp16",
-    }
+    history = list(zip(tensors["history/step"].tolist(), tensors["history/loss"].tolist()))
+    card = model_card(
+        meta.get("stage"), model, schedule=meta.get("schedule"), data=meta.get("data"), text=meta.get("text"),
+        command=meta.get("command"), train_config=meta["train_config"], steps=meta["step"],
+        wall_time=meta.get("wall_time", 0.0), history=history, hardware=args.hardware,
+    )
     header = {k: meta.get(k) for k in ("stage", "schedule", "text")}
     save_weights(model, args.dest, meta["model_config"], card=card, extra=header)
     print(f"export: wrote {args.dest} ({model.num_parameters() / 1e6:.2f} M parameters, step {meta['step']})")

@@ -140,13 +140,12 @@ class Trainer:
 
     def _sr_inputs(self, lowres: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
         """Upsample the low-res images and noise them at random levels (noise-conditioning augmentation)."""
-        from minimagen.cascade import noise_augment, upsample
+        from minimagen.cascade import sr_inputs
 
         b = lowres.shape[0]
         aug_level = torch.randint(self.config.max_aug_level, (b,), generator=self.generator).to(self.device)
-        up = upsample(lowres, size)  # (B, 3, H, W)
-        aug_noise = torch.randn(up.shape, generator=self.generator).to(self.device)
-        return {"lowres": noise_augment(up, aug_level, self.schedule, aug_noise), "aug_level": aug_level}
+        aug_noise = torch.randn((b, 3, size, size), generator=self.generator).to(self.device)
+        return sr_inputs(lowres, size, aug_level, self.schedule, aug_noise)
 
     def loss_on(self, images: torch.Tensor, captions: list[str], lowres: torch.Tensor | None = None) -> torch.Tensor:
         """The diffusion loss of one batch, with caption dropout drawn from the run's generator.
@@ -244,13 +243,12 @@ class Trainer:
         shape = (n, *self.dataset[0][0].shape)
         extra = {}
         if getattr(self.model.config, "lowres_channels", 0):
-            from minimagen.cascade import noise_augment, upsample
+            from minimagen.cascade import sr_inputs
 
             lowres = torch.stack([self.dataset[i][1] for i in range(n)]).to(self.device)
             level = torch.full((n,), aug_level, device=self.device)
             noise = torch.randn((n, *shape[1:]), generator=torch.Generator().manual_seed(seed + 1)).to(self.device)
-            extra = {"lowres": noise_augment(upsample(lowres, shape[-1]), level, self.schedule, noise),
-                     "aug_level": level}
+            extra = sr_inputs(lowres, shape[-1], level, self.schedule, noise)
         if self.text_encoder is None:
             def model_fn(x_t, t):
                 return self.ema(x_t, t, **extra)
