@@ -16,6 +16,7 @@ import pathlib
 import shlex
 import sys
 import time
+import time
 from typing import Sequence
 
 import torch
@@ -178,6 +179,32 @@ def export(args: argparse.Namespace) -> None:
     print(f"export: wrote {args.dest} ({model.num_parameters() / 1e6:.2f} M parameters, step {meta['step']})")
 
 
+def sample(args: argparse.Namespace) -> list[pathlib.Path]:
+    """Run the whole cascade for one or more prompts and write each stage's images as PNGs."""
+    from minimagen.cascade import Imagen
+    from minimagen.plot import save_grid
+
+    if not args.prompts or not all(p.strip() for p in args.prompts):
+        raise SystemExit("sample: give at least one non-empty prompt")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    imagen = Imagen.from_pretrained(args.models, device=args.device)
+    n = len(imagen.stages)
+    guidance = args.guidance if len(args.guidance) > 1 else args.guidance * n
+    steps = args.steps if len(args.steps) > 1 else args.steps * n
+    start = time.perf_counter()
+    images = imagen.sample(args.prompts, guidance=guidance, steps=steps, threshold=args.threshold,
+                           aug_level=args.aug_level, seed=args.seed, device=args.device, progress=not args.quiet)
+    out = pathlib.Path(args.out)
+    written = [save_grid(images[-1], out, nrow=len(args.prompts))]
+    if args.all_stages:
+        for stage, x in zip(imagen.stages[:-1], images[:-1]):
+            written.append(save_grid(x, out.with_name(f"{out.stem}_{stage.name}{out.suffix}"), nrow=len(args.prompts)))
+    sizes = " -> ".join(f"{s.size}px" for s in imagen.stages)
+    print(f"sample: {sizes} in {time.perf_counter() - start:.0f} s; wrote {', '.join(map(str, written))}")
+    return written
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimagen", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,6 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--save", default=None, help="also save the EMA weights (fp16 safetensors + JSON card)")
     p.set_defaults(func=demo)
+
+    p = sub.add_parser("sample", help="text -> image with a saved cascade (every stage in turn)")
+    p.add_argument("prompts", nargs="+", help="one or more prompts, e.g. \"a small red striped circle on the left\"")
+    p.add_argument("--models", default="data/checkpoints/imagen", help="folder written by Imagen.save_pretrained")
+    p.add_argument("--out", default="out/sample.png", help="PNG of the last stage")
+    p.add_argument("--all-stages", action="store_true", help="also write the smaller stages' images")
+    p.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="per stage, or one for all")
+    p.add_argument("--steps", type=_positive_int, nargs="+", default=[50], help="DDIM steps, per stage or one for all")
+    p.add_argument("--threshold", choices=["none", "static", "dynamic"], default="dynamic")
+    p.add_argument("--aug-level", type=int, default=50, help="noise augmentation of the SR stages' inputs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=sample)
 
     p = sub.add_parser("train", help="train a stage on Shapes (resumes from the newest checkpoint in --out)")
     p.add_argument("--stage", choices=["base"], default="base")

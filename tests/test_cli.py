@@ -61,3 +61,31 @@ def test_shipped_uncond32_loads_and_denoises():
     with torch.no_grad():
         loss = diffusion_loss(unet, x0, schedule, generator=torch.Generator().manual_seed(0))
     assert loss < 0.05  # an untrained U-Net scores 1.0
+
+
+def test_sample_runs_a_saved_cascade_and_writes_every_stage(tmp_path, capsys):
+    from PIL import Image
+
+    from minimagen.cascade import Imagen, Stage
+    from minimagen.text import TextEncoder
+    from minimagen.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+
+    def unet(size, sr):
+        return UNet(UNetConfig(image_size=size, channels=8, channel_mults=(1, 2), blocks_per_level=(1, 1),
+                               self_attention_levels=(False, False), cross_attention_levels=(False, True),
+                               text_dim=384, num_heads=2, lowres_channels=3 if sr else 0, aug_level_conditioning=sr))
+
+    spec = {"kind": "cosine", "T": 100, "max_beta": 0.2}
+    encoder = TextEncoder("minilm", max_length=24)
+    Imagen(encoder, [Stage("base8", unet(8, False), spec, 8), Stage("sr16", unet(16, True), spec, 16)]).save_pretrained(
+        tmp_path / "models")
+    out = tmp_path / "out" / "s.png"
+    cli.main(["sample", "a small red plain circle on the left", "a large blue plain square on the right",
+              "--models", str(tmp_path / "models"), "--out", str(out), "--steps", "2", "--all-stages", "--quiet"])
+    assert Image.open(out).size[1] == 16 + 4  # one row of 16 px images with 2 px padding
+    assert Image.open(tmp_path / "out" / "s_base8.png").size[1] == 8 + 4
+    assert "8px -> 16px" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="non-empty prompt"):
+        cli.main(["sample", " ", "--models", str(tmp_path / "models")])
