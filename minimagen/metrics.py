@@ -160,3 +160,16 @@ def train_probe(steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed:
         schedule.step()
         losses.append(loss.item())
     return probe.eval(), losses
+
+
+def load_probe(path) -> AttributeProbe:
+    """Load a probe written by ``minimagen probe`` (fp16 on disk, float32 in memory), in eval mode."""
+    from minimagen.checkpoint import load_state_strict, read_weights
+
+    state, header = read_weights(path)
+    config = header["config"]
+    if config.get("kind") != "AttributeProbe":
+        raise ValueError(f"checkpoint {str(path)!r} holds a {config.get('kind')!r}, not an AttributeProbe")
+    probe = AttributeProbe(width=config["width"], feature_dim=config["feature_dim"])
+    load_state_strict(probe, state, path)
+    return probe.eval()

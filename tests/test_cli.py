@@ -89,3 +89,22 @@ def test_sample_runs_a_saved_cascade_and_writes_every_stage(tmp_path, capsys):
     assert "8px -> 16px" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="non-empty prompt"):
         cli.main(["sample", " ", "--models", str(tmp_path / "models")])
+
+
+def test_probe_command_ships_a_loadable_probe_with_its_accuracy(tmp_path):
+    from minimagen.checkpoint import save_weights
+    from minimagen.metrics import load_probe
+    from minimagen.unet import UNet, UNetConfig
+
+    out = tmp_path / "probe.safetensors"
+    cli.main(["probe", "--out", str(out), "--steps", "3", "--batch-size", "4", "--eval-n", "8", "--quiet",
+              "--threads", "1"])
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert set(card["held_out_accuracy"]) == {"present", "colour", "shape", "size"}
+    assert card["training"]["command"].startswith("minimagen probe")
+    assert load_probe(out)(torch.zeros(1, 3, 64, 64))["shape"].shape == (1, 5, 5)
+    unet = UNet(UNetConfig(image_size=16, channels=8, channel_mults=(1,), blocks_per_level=(1,),
+                           self_attention_levels=(False,), cross_attention_levels=(False,)))
+    save_weights(unet, tmp_path / "unet.safetensors", unet.config.to_dict())
+    with pytest.raises(ValueError, match="not an AttributeProbe"):
+        load_probe(tmp_path / "unet.safetensors")
