@@ -64,16 +64,14 @@ class FakeTextEncoder:
         return tokens, mask
 
 
-def tiny_cascade():
+@pytest.fixture
+def tiny_cascade(tiny_cascade_unet):
     from minimagen.cascade import Imagen, Stage
-    from minimagen.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
 
     def unet(size, sr):
-        return UNet(UNetConfig(image_size=size, channels=8, channel_mults=(1, 2), blocks_per_level=(1, 1),
-                               self_attention_levels=(False, False), cross_attention_levels=(False, True),
-                               text_dim=8, num_heads=2, lowres_channels=3 if sr else 0, aug_level_conditioning=sr))
+        return tiny_cascade_unet(size, sr, text_dim=8)
 
     spec = {"kind": "cosine", "T": 100, "max_beta": 0.2}
     stages = [Stage("base8", unet(8, False), spec, 8), Stage("sr16", unet(16, True), spec, 16),
@@ -81,10 +79,10 @@ def tiny_cascade():
     return Imagen(FakeTextEncoder(), stages)
 
 
-def test_cascade_samples_every_stage_and_reloads(tmp_path):
+def test_cascade_samples_every_stage_and_reloads(tmp_path, tiny_cascade):
     from minimagen.cascade import Imagen
 
-    imagen = tiny_cascade()
+    imagen = tiny_cascade
     images = imagen.sample(["a red circle", "a blue square"], steps=3, guidance=(2.0, 1.0, 1.0), progress=False)
     assert [tuple(x.shape) for x in images] == [(2, 3, 8, 8), (2, 3, 16, 16), (2, 3, 32, 32)]
     assert all(x.abs().max() <= 1 for x in images)
@@ -97,10 +95,10 @@ def test_cascade_samples_every_stage_and_reloads(tmp_path):
     torch.testing.assert_close(reloaded[0], images[0], atol=2e-2, rtol=0)  # fp16 weights on disk
 
 
-def test_cascade_argument_errors(tmp_path):
-    from minimagen.cascade import Imagen, Stage
+def test_cascade_argument_errors(tmp_path, tiny_cascade):
+    from minimagen.cascade import Imagen
 
-    imagen = tiny_cascade()
+    imagen = tiny_cascade
     with pytest.raises(ValueError, match="guidance needs one value per stage"):
         imagen.sample(["x"], guidance=(1.0, 2.0), progress=False)
     with pytest.raises(ValueError, match="aug_level"):

@@ -63,19 +63,16 @@ def test_shipped_uncond32_loads_and_denoises():
     assert loss < 0.05  # an untrained U-Net scores 1.0
 
 
-def test_sample_runs_a_saved_cascade_and_writes_every_stage(tmp_path, capsys):
+def test_sample_runs_a_saved_cascade_and_writes_every_stage(tmp_path, capsys, tiny_cascade_unet):
     from PIL import Image
 
     from minimagen.cascade import Imagen, Stage
     from minimagen.text import TextEncoder
-    from minimagen.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
 
     def unet(size, sr):
-        return UNet(UNetConfig(image_size=size, channels=8, channel_mults=(1, 2), blocks_per_level=(1, 1),
-                               self_attention_levels=(False, False), cross_attention_levels=(False, True),
-                               text_dim=384, num_heads=2, lowres_channels=3 if sr else 0, aug_level_conditioning=sr))
+        return tiny_cascade_unet(size, sr, text_dim=384)
 
     spec = {"kind": "cosine", "T": 100, "max_beta": 0.2}
     encoder = TextEncoder("minilm", max_length=24)
