@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from minimagen.cascade import SuperResolutionPairs, noise_augment, upsample
 from minimagen.schedules import NoiseSchedule
 
+from fakes import FakeTextEncoder
+
 
 def test_pairs_show_the_same_scene():
     pairs = SuperResolutionPairs(low_size=16, high_size=64, length=10, seed=2)
@@ -45,23 +47,6 @@ def test_noise_augment_is_the_forward_process():
     out = noise_augment(low, level, schedule, noise)
     torch.testing.assert_close(out, schedule.q_sample(low, level, noise))
     assert (out[0] - low[0]).abs().max() < 0.05  # level 0: almost untouched
-
-
-class FakeTextEncoder:
-    """A stand-in with TextEncoder's interface: one token per word from a fixed random table."""
-
-    name, max_length, dim = "fake", 6, 8
-
-    def encode(self, prompts):
-        if not isinstance(prompts, list) or not prompts:
-            raise ValueError("prompts must be a non-empty list of strings")
-        table = torch.randn(64, self.dim, generator=torch.Generator().manual_seed(0))
-        tokens = torch.zeros(len(prompts), self.max_length, self.dim)
-        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
-        for i, prompt in enumerate(prompts):
-            for j, word in enumerate(prompt.split()[: self.max_length]):
-                tokens[i, j], mask[i, j] = table[sum(map(ord, word)) % 64], True
-        return tokens, mask
 
 
 @pytest.fixture

@@ -13,24 +13,7 @@ from minimagen.schedules import NoiseSchedule
 from minimagen.train import TrainConfig, Trainer, list_checkpoints
 from minimagen.unet import UNet, UNetConfig
 
-
-class FakeTextEncoder:
-    """Deterministic stand-in for TextEncoder: one token per word, embedded by a fixed random table."""
-
-    dim = 8
-
-    def __init__(self, max_length: int = 6):
-        self.max_length = max_length
-        self.table = torch.randn(64, self.dim, generator=torch.Generator().manual_seed(0))
-
-    def encode(self, prompts):
-        tokens = torch.zeros(len(prompts), self.max_length, self.dim)
-        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
-        for i, prompt in enumerate(prompts):
-            for j, word in enumerate(prompt.split()[: self.max_length]):
-                tokens[i, j] = self.table[sum(map(ord, word)) % 64]
-                mask[i, j] = True
-        return tokens, mask
+from fakes import FakeTextEncoder
 
 
 def tiny_unet(text_dim=None) -> UNet:
