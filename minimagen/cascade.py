@@ -105,12 +105,13 @@ class Stage:
         return self.unet.config.lowres_channels > 0
 
 
-def _per_stage(name: str, value, n: int) -> list:
-    """A number for every stage, or one number for all of them."""
+def _per_stage(name: str, value, n_all: int, n: int) -> list:
+    """One number for each of the first ``n`` stages: given per stage (for all ``n_all`` or for the
+    ``n`` that run), or as one number for all of them."""
     values = list(value) if isinstance(value, (list, tuple)) else [value] * n
-    if len(values) != n:
-        raise ValueError(f"{name} needs one value per stage ({n}), got {len(values)}: {value!r}")
-    return values
+    if len(values) not in (n, n_all):
+        raise ValueError(f"{name} needs one value per stage ({n_all}), got {len(values)}: {value!r}")
+    return values[:n]
 
 
 class Imagen:
@@ -140,23 +141,29 @@ class Imagen:
     def sample(self, prompts: list[str], *, guidance: float | Sequence[float] = (3.0, 1.0, 1.0),
                threshold: str | None = "dynamic", steps: int | Sequence[int] = (50, 25, 25),
                aug_level: int = 50, seed: int = 0, device: str | torch.device = "cpu",
-               progress: bool = True) -> list[Tensor]:
+               progress: bool = True, stages: int | None = None, clamp: bool = True) -> list[Tensor]:
         """Images of every stage for ``prompts``: a list of [B, 3, size, size] tensors in [-1, 1].
 
         ``guidance`` and ``steps`` (DDIM steps) are per stage, or one value for all; ``aug_level`` is the
         noise-augmentation timestep applied to each SR stage's input; ``seed`` makes the run repeatable.
+        ``stages=k`` runs only the first k stages. ``clamp=False`` returns the last stage unclamped
+        (e.g. to measure what sampling without thresholding produces); inputs to SR stages are always
+        clamped.
         """
         from minimagen.guidance import guided_model_fn
         from minimagen.samplers import ddim_sample
 
-        n = len(self.stages)
-        guidance, steps = _per_stage("guidance", guidance, n), _per_stage("steps", steps, n)
+        n = len(self.stages) if stages is None else stages
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(self.stages):
+            raise ValueError(f"stages must be an int in [1, {len(self.stages)}], got {stages!r}")
+        n_all = len(self.stages)
+        guidance, steps = _per_stage("guidance", guidance, n_all, n), _per_stage("steps", steps, n_all, n)
         text, mask = self.text_encoder.encode(prompts)  # (B, L, D), (B, L); checks the prompts
         text, mask = text.to(device), mask.to(device)
         b = text.shape[0]
         generator = torch.Generator().manual_seed(seed)
         images: list[Tensor] = []
-        for stage, w, k in zip(self.stages, guidance, steps):
+        for stage, w, k in zip(self.stages[:n], guidance, steps):
             extra = {}
             if stage.is_super_resolution:
                 if not 0 <= aug_level < stage.schedule.T:
@@ -170,6 +177,8 @@ class Imagen:
             x = ddim_sample(model_fn, (b, 3, stage.size, stage.size), stage.schedule.to(device), steps=k,
                             threshold=threshold, generator=generator, device=device, progress=progress)
             images.append(x.clamp(-1, 1))
+        if not clamp:
+            images[-1] = x
         return images
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:

@@ -16,7 +16,6 @@ import pathlib
 import shlex
 import sys
 import time
-import time
 from typing import Sequence
 
 import torch
@@ -113,12 +112,36 @@ def demo(args: argparse.Namespace) -> pathlib.Path:
     return path
 
 
+# What each stage of the cascade trains on: (output size, low-res input size or None, default crop).
+# The 256->1024 stage trains on 256 px crops of the 1024 px render (with the matching 64 px window of the
+# 256 px input) and runs on whole images (Imagen appendix); --crop shrinks the windows further.
+STAGES = {"base": (64, None, None), "sr256": (256, 64, None), "sr1024": (1024, 256, 256)}
+
+
+def _stage_shapes(args: argparse.Namespace) -> tuple[int, int | None, int | None]:
+    """(output size, low-res size, crop) for ``args.stage``, with ``--image-size``/``--crop`` applied."""
+    size, low, crop = STAGES[args.stage]
+    if args.stage == "base":
+        return args.image_size or size, None, None
+    if args.image_size not in (None, size):
+        raise SystemExit(f"train: --image-size is fixed at {size} for --stage {args.stage} (use --crop to train on windows)")
+    crop = args.crop or crop
+    if crop is not None and (crop > size or crop % (size // low)):
+        raise SystemExit(f"train: --crop must be a multiple of {size // low} up to {size}, got {crop}")
+    return size, low, crop
+
+
 def _train_metadata(args: argparse.Namespace) -> dict:
+    size, low, crop = _stage_shapes(args)
+    data = {"dataset": "Shapes", "size": size, "seed": args.seed, "max_objects": 2}
+    if low is not None:
+        data.update(low_size=low, crop=crop, max_aug_level=args.max_aug_level)
     return {
         "stage": args.stage,
         "schedule": {"kind": args.schedule, "T": args.T, "max_beta": args.max_beta},
         "text": {"encoder": args.encoder, "max_length": args.max_length},
-        "data": {"dataset": "Shapes", "size": args.image_size, "seed": args.seed, "max_objects": 2},
+        "data": data,
+        "size": size,
         "command": args.command_line,
     }
 
@@ -130,20 +153,27 @@ def train(args: argparse.Namespace) -> None:
     from minimagen.train import TrainConfig, Trainer
     from minimagen.unet import UNet, UNetConfig
 
+    from minimagen.cascade import SuperResolutionPairs
+
+    size, low, crop = _stage_shapes(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     encoder = TextEncoder(args.encoder, max_length=args.max_length, device=args.device, cache_size=args.cache_size)
     torch.manual_seed(args.seed)  # initial weights; every later draw comes from the trainer's generator
     unet_config = UNetConfig(
-        image_size=args.image_size, text_dim=encoder.dim, skip_scale=2**-0.5, efficient_updown=True,
-        **PRESETS[args.unet],
+        image_size=crop or size, text_dim=encoder.dim, skip_scale=2**-0.5, efficient_updown=True,
+        lowres_channels=3 if low else 0, aug_level_conditioning=bool(low), **PRESETS[args.unet],
     )
     model = UNet(unet_config)
     schedule = schedule_from_spec({"kind": args.schedule, "T": args.T, "max_beta": args.max_beta})
-    data = Shapes(size=args.image_size, length=10_000_000, seed=args.seed)
+    if low is None:
+        data = Shapes(size=size, length=10_000_000, seed=args.seed)
+    else:
+        data = SuperResolutionPairs(low_size=low, high_size=size, crop=crop, length=10_000_000, seed=args.seed)
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         checkpoint_every=args.checkpoint_every, ema_decay=args.ema_decay, sample_every=args.sample_every,
+        max_aug_level=min(args.max_aug_level, args.T),
     )
     trainer = Trainer(
         model, data, schedule, config, args.out, text_encoder=encoder, device=args.device,
@@ -174,7 +204,7 @@ def export(args: argparse.Namespace) -> None:
         command=meta.get("command"), train_config=meta["train_config"], steps=meta["step"],
         wall_time=meta.get("wall_time", 0.0), history=history, hardware=args.hardware,
     )
-    header = {k: meta.get(k) for k in ("stage", "schedule", "text")}
+    header = {k: meta.get(k) for k in ("stage", "schedule", "text", "size")}
     save_weights(model, args.dest, meta["model_config"], card=card, extra=header)
     print(f"export: wrote {args.dest} ({model.num_parameters() / 1e6:.2f} M parameters, step {meta['step']})")
 
@@ -209,7 +239,7 @@ def probe(args: argparse.Namespace) -> dict:
     """Train the attribute probe on clean renders, measure it on held-out scenes, ship it with a card."""
     from minimagen.checkpoint import save_weights
     from minimagen.data import Shapes
-    from minimagen.metrics import attribute_accuracy, train_probe
+    from minimagen.metrics import attribute_accuracy, corrupt, train_probe
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,14 +248,17 @@ def probe(args: argparse.Namespace) -> dict:
                                 progress=not args.quiet)
     wall = time.perf_counter() - start
     held_out = Shapes(size=64, length=args.eval_n, seed=args.seed + 1000)  # scenes never seen in training
-    accuracy: dict[str, float] = {}
+    generator = torch.Generator().manual_seed(args.seed + 1000)
+    accuracy: dict[str, dict[str, float]] = {"clean": {}, "corrupted": {}}
     for first in range(0, args.eval_n, 250):
         idx = range(first, min(first + 250, args.eval_n))
         images = torch.stack([held_out[i][0] for i in idx])
-        part = attribute_accuracy(model, images, [held_out.scene(i) for i in idx])
-        for name, value in part.items():  # chunks of 250 (the last may be smaller): weight by size
-            accuracy[name] = accuracy.get(name, 0.0) + value * len(idx) / args.eval_n
-    accuracy = {k: round(v, 4) for k, v in accuracy.items()}
+        scenes = [held_out.scene(i) for i in idx]
+        for kind, x in (("clean", images), ("corrupted", corrupt(images, generator))):
+            part = attribute_accuracy(model, x, scenes)
+            for name, value in part.items():  # chunks of 250 (the last may be smaller): weight by size
+                accuracy[kind][name] = accuracy[kind].get(name, 0.0) + value * len(idx) / args.eval_n
+    accuracy = {kind: {k: round(v, 4) for k, v in table.items()} for kind, table in accuracy.items()}
     config = {"kind": "AttributeProbe", "width": 32, "feature_dim": 128}
     card = {
         "stage": "probe", "config": config, "parameters": sum(p.numel() for p in model.parameters()),
@@ -237,8 +270,81 @@ def probe(args: argparse.Namespace) -> dict:
         "weights": "fp16",
     }
     save_weights(model, args.out, config, card=card, extra={"stage": "probe"})
-    print("probe: held-out accuracy " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()) + f"; wrote {args.out}")
+    for kind, table in accuracy.items():
+        print(f"probe: held-out accuracy ({kind}) " + ", ".join(f"{k} {v:.4f}" for k, v in table.items()))
+    print(f"probe: wrote {args.out}")
     return accuracy
+
+
+def classifier(args: argparse.Namespace) -> dict:
+    """Train the noisy classifier for classifier guidance; measure it on held-out scenes at several t."""
+    from minimagen.checkpoint import save_weights
+    from minimagen.data import Shapes
+    from minimagen.guidance import train_noisy_classifier
+    from minimagen.metrics import HEADS, scene_targets
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = {"kind": args.schedule, "T": args.T, "max_beta": args.max_beta}
+    schedule = schedule_from_spec(spec)
+    start = time.perf_counter()
+    model, losses = train_noisy_classifier(schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                           seed=args.seed, width=args.width, progress=not args.quiet)
+    wall = time.perf_counter() - start
+    held_out = Shapes(size=64, length=args.eval_n, seed=args.seed + 1000)
+    x0 = torch.stack([held_out[i][0] for i in range(args.eval_n)])
+    targets = [scene_targets(held_out.scene(i)) for i in range(args.eval_n)]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(args.seed + 1000))
+    accuracy = {}
+    for level in (0, 250, 500, 750, 900):
+        t = torch.full((args.eval_n,), min(level, args.T - 1))
+        with torch.no_grad():
+            logits = model(schedule.q_sample(x0, t, noise), t)
+        row = {}
+        for name in HEADS:
+            target = torch.stack([tt[name] for tt in targets])
+            known = target >= 0
+            row[name] = round((logits[name].argmax(-1)[known] == target[known]).float().mean().item(), 4)
+        accuracy[f"t={int(t[0])}"] = row
+        print(f"classifier: held-out accuracy at t={int(t[0])}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    config = {"kind": "NoisyClassifier", "width": model.width, "feature_dim": model.feature_dim}
+    card = {
+        "stage": "classifier", "config": config, "parameters": sum(p.numel() for p in model.parameters()),
+        "schedule": spec, "held_out_accuracy": accuracy, "held_out_images": args.eval_n,
+        "training": {"command": args.command_line, "steps": args.steps, "batch_size": args.batch_size,
+                     "lr": args.lr, "seed": args.seed, "wall_time_s": round(wall, 1),
+                     "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 5)},
+        "weights": "fp16",
+    }
+    save_weights(model, args.out, config, card=card, extra={"stage": "classifier", "schedule": spec})
+    print(f"classifier: wrote {args.out}")
+    return accuracy
+
+
+def evaluate_thresholding(args: argparse.Namespace) -> pathlib.Path:
+    """Imagen's thresholding sweep (guidance weight × thresholding mode), written as CSV + figure."""
+    from minimagen.evaluate import base_imagen, plot_sweep, threshold_sweep, write_csv
+    from minimagen.metrics import load_probe
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    imagen = base_imagen(args.model, device=args.device)
+    probe = load_probe(args.probe)
+    start = time.perf_counter()
+    rows = threshold_sweep(imagen, probe, n=args.n, weights=args.weights, modes=args.modes, steps=args.steps,
+                           seed=args.seed, batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+    wall = time.perf_counter() - start
+    comment = (f"{args.command_line}\nmodel {args.model}, probe {args.probe}, {args.n} held-out prompts per row, "
+               f"DDIM {args.steps} steps, {wall:.0f} s on {args.device}")
+    out = write_csv(rows, args.out, comment=comment)
+    figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
+    plot_sweep(rows, title=f"{pathlib.Path(args.model).name}: {args.n} prompts per point, DDIM {args.steps}"
+               ).savefig(figure, dpi=120)
+    for r in rows:
+        print(f"w={r.guidance:<5g} {r.threshold:<8} alignment {r.alignment:.3f} ± {r.alignment_se:.3f}  "
+              f"FD {r.frechet:7.2f}  saturation {100 * r.saturation:5.2f}%  colour&shape {r.colour_and_shape:.3f}")
+    print(f"eval: {len(rows)} settings in {wall:.0f} s; wrote {out} and {figure}")
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,10 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=probe)
 
     p = sub.add_parser("train", help="train a stage on Shapes (resumes from the newest checkpoint in --out)")
-    p.add_argument("--stage", choices=["base"], default="base")
+    p.add_argument("--stage", choices=sorted(STAGES), default="base",
+                   help="base (text -> 64 px), sr256 (64 -> 256 px) or sr1024 (256 -> 1024 px, on crops)")
     p.add_argument("--out", required=True, help="run folder for checkpoints")
     p.add_argument("--unet", choices=sorted(PRESETS), default="base-s")
-    p.add_argument("--image-size", type=_positive_int, default=64)
+    p.add_argument("--image-size", type=_positive_int, default=None, help="base stage only (default 64)")
+    p.add_argument("--crop", type=_positive_int, default=None,
+                   help="SR stages: train on random crops of this side (default: whole 256 px images for sr256, "
+                   "256 px crops for sr1024)")
+    p.add_argument("--max-aug-level", type=_positive_int, default=250,
+                   help="SR stages: noise-conditioning augmentation levels are drawn from [0, this)")
     p.add_argument("--steps", type=_positive_int, default=20_000)
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -308,6 +420,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=train)
+
+    p = sub.add_parser("classifier", help="train the noisy classifier that classifier guidance needs")
+    p.add_argument("--out", default="data/checkpoints/classifier.safetensors")
+    p.add_argument("--steps", type=_positive_int, default=3000)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--width", type=_positive_int, default=16, help="channels of the first block (x2, x4, x4 below)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--schedule", choices=["cosine", "linear"], default="cosine", help="must match the base model's")
+    p.add_argument("--T", type=_positive_int, default=1000)
+    p.add_argument("--max-beta", type=float, default=0.2)
+    p.add_argument("--eval-n", type=_positive_int, default=500, help="held-out images per noise level")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=classifier)
+
+    p = sub.add_parser("eval", help="measure a base model with the attribute probe")
+    evals = p.add_subparsers(dest="what", required=True)
+    p = evals.add_parser("thresholding", help="guidance weight x thresholding mode sweep (Imagen Fig. A.9)")
+    p.add_argument("--model", default="data/checkpoints/base64.safetensors", help="base model weights")
+    p.add_argument("--probe", default="data/checkpoints/probe.safetensors")
+    p.add_argument("--n", type=_positive_int, default=256, help="held-out prompts (samples) per setting")
+    p.add_argument("--weights", type=float, nargs="+", default=[1, 1.25, 1.5, 1.75, 2, 3, 4, 5, 6, 8, 10])
+    p.add_argument("--modes", nargs="+", choices=["none", "static", "dynamic"], default=["none", "static", "dynamic"])
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="data/results/thresholding.csv")
+    p.add_argument("--figure", default=None, help="PNG (default: the CSV's name with .png)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=evaluate_thresholding)
 
     p = sub.add_parser("export", help="ship a run's EMA weights as fp16 safetensors + JSON model card")
     p.add_argument("run", help="run folder written by `minimagen train`")

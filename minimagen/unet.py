@@ -95,10 +95,13 @@ class UNetConfig:
         return cls(**d)
 
 
-# Named base U-Net sizes (`minimagen train --unet NAME`), used with text_dim=384 (MiniLM), the Efficient
+# Named U-Net sizes (`minimagen train --unet NAME`), used with text_dim=384 (MiniLM), the Efficient
 # U-Net order and skips scaled by 1/sqrt(2) (Imagen appendix B). With those, at 64 px: "base-s" has 2.3 M
 # parameters and trains at ~44 images/s (batch 16, 2 CPU cores, forward + backward + AdamW), "base-m"
-# 10.4 M parameters at ~22 images/s.
+# 10.4 M parameters at ~22 images/s. The "sr-" sizes are for the super-resolution stages (`--stage sr256`,
+# `--stage sr1024`, which add the low-res input and the augmentation level): no self-attention, so they
+# are fully convolutional apart from text cross-attention at the coarsest level, and can train on crops
+# and run on whole images (Imagen appendix: the 256->1024 model has no self-attention).
 PRESETS = {
     "base-s": dict(
         channels=32, channel_mults=(1, 2, 3), blocks_per_level=(1, 2, 2),
@@ -107,6 +110,14 @@ PRESETS = {
     "base-m": dict(
         channels=48, channel_mults=(1, 2, 3, 4), blocks_per_level=(1, 2, 2, 2),
         self_attention_levels=(False, False, True, True), cross_attention_levels=(False, True, True, True),
+    ),
+    "sr-s": dict(
+        channels=32, channel_mults=(1, 2, 4), blocks_per_level=(1, 2, 2),
+        self_attention_levels=(False, False, False), cross_attention_levels=(False, False, True),
+    ),
+    "sr-xs": dict(
+        channels=16, channel_mults=(1, 2, 4), blocks_per_level=(1, 1, 2),
+        self_attention_levels=(False, False, False), cross_attention_levels=(False, False, True),
     ),
 }
 

@@ -97,7 +97,8 @@ def test_probe_command_ships_a_loadable_probe_with_its_accuracy(tmp_path):
     cli.main(["probe", "--out", str(out), "--steps", "3", "--batch-size", "4", "--eval-n", "8", "--quiet",
               "--threads", "1"])
     card = json.loads(out.with_suffix(".json").read_text())
-    assert set(card["held_out_accuracy"]) == {"present", "colour", "shape", "size"}
+    assert set(card["held_out_accuracy"]) == {"clean", "corrupted"}
+    assert set(card["held_out_accuracy"]["clean"]) == {"present", "colour", "shape", "size"}
     assert card["training"]["command"].startswith("minimagen probe")
     assert load_probe(out)(torch.zeros(1, 3, 64, 64))["shape"].shape == (1, 5, 5)
     unet = UNet(UNetConfig(image_size=16, channels=8, channel_mults=(1,), blocks_per_level=(1,),
@@ -105,3 +106,44 @@ def test_probe_command_ships_a_loadable_probe_with_its_accuracy(tmp_path):
     save_weights(unet, tmp_path / "unet.safetensors", unet.config.to_dict())
     with pytest.raises(ValueError, match="not an AttributeProbe"):
         load_probe(tmp_path / "unet.safetensors")
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    monkeypatch.setitem(cli.PRESETS, "tiny", dict(
+        channels=8, channel_mults=(1, 2), blocks_per_level=(1, 1),
+        self_attention_levels=(False, False), cross_attention_levels=(False, True)))
+
+
+def test_train_sr_stage_on_crops_then_export(tmp_path, tiny_preset):
+    run = tmp_path / "sr"
+    cli.main(["train", "--stage", "sr256", "--crop", "16", "--out", str(run), "--unet", "tiny", "--steps", "2",
+              "--batch-size", "2", "--sample-every", "2", "--quiet", "--threads", "1"])
+    dest = tmp_path / "sr256.safetensors"
+    cli.main(["export", str(run), str(dest)])
+    unet, header = load_unet(dest)
+    assert unet.config.lowres_channels == 3 and unet.config.aug_level_conditioning
+    assert unet.config.image_size == 16 and header["size"] == 256 and header["stage"] == "sr256"
+    card = json.loads(dest.with_suffix(".json").read_text())
+    assert card["data"]["low_size"] == 64 and card["data"]["crop"] == 16
+    with pytest.raises(SystemExit, match="--crop must be a multiple of 4"):
+        cli.main(["train", "--stage", "sr256", "--crop", "18", "--out", str(run), "--quiet"])
+    with pytest.raises(SystemExit, match="--image-size is fixed"):
+        cli.main(["train", "--stage", "sr1024", "--image-size", "64", "--out", str(run), "--quiet"])
+
+
+def test_eval_thresholding_writes_csv_and_figure(tmp_path, tiny_preset):
+    from minimagen.evaluate import read_csv
+
+    run = tmp_path / "base"
+    cli.main(["train", "--out", str(run), "--unet", "tiny", "--steps", "1", "--batch-size", "2",
+              "--sample-every", "0", "--quiet", "--threads", "1"])
+    model = tmp_path / "base64.safetensors"
+    cli.main(["export", str(run), str(model)])
+    out = tmp_path / "sweep.csv"
+    cli.main(["eval", "thresholding", "--model", str(model), "--n", "3", "--weights", "1", "5", "--modes", "none",
+              "dynamic", "--steps", "2", "--out", str(out), "--quiet", "--threads", "1"])
+    rows = read_csv(out)
+    assert [(r.guidance, r.threshold) for r in rows] == [(1, "none"), (1, "dynamic"), (5, "none"), (5, "dynamic")]
+    assert out.read_text().startswith("# minimagen eval thresholding")
+    assert out.with_suffix(".png").stat().st_size > 10_000

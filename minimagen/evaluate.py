@@ -1,0 +1,238 @@
+"""Measuring a text-to-image model: sample fixed prompts, read the images back with the probe.
+
+Imagen compares guidance weights and thresholding modes by CLIP score against FID (Imagen §4.3,
+Fig. A.9). Here every number comes from the attribute probe (``minimagen.metrics``):
+
+* **match rates** -- of the caption's objects, how often the probe finds, at the object's position,
+  its colour, its shape, both, and its size (and "anywhere": an object of the right colour and shape at
+  any position, for a model that draws the right thing in the wrong place);
+* **alignment** -- the mean fraction of caption attributes read back (the CLIP-score analogue);
+* **Fréchet distance** -- between probe features of the samples and of real renders of the same
+  captions (the FID analogue);
+* **saturation** -- the fraction of pixels pinned at ±1, what thresholding is for (Imagen §2.3).
+
+Prompts are captions of held-out Shapes scenes (``EVAL_SEED`` is never used for training), so the real
+renders of the same scenes are the fidelity reference.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import pathlib
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from minimagen.data import COLOURS, POSITIONS, SHAPES, SIZES, Shapes, parse_caption
+from minimagen.metrics import AttributeProbe, alignment, feature_statistics, frechet_distance, saturation
+
+EVAL_SEED = 10_000  # scenes the evaluation prompts come from; training runs use small seeds
+THRESHOLD_MODES = ("none", "static", "dynamic")
+# The guidance weights of Imagen's thresholding Pareto curves (Fig. A.9).
+PAPER_WEIGHTS = (1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+
+
+def eval_prompts(n: int, seed: int = EVAL_SEED, max_objects: int = 2) -> tuple[list[str], Tensor]:
+    """``n`` captions of held-out Shapes scenes and their real 64 px renders [n, 3, 64, 64]."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1 (number of prompts), got {n!r}")
+    scenes = Shapes(size=64, length=n, seed=seed, max_objects=max_objects)
+    images, captions = zip(*(scenes[i] for i in range(n)))
+    return list(captions), torch.stack(images)
+
+
+@torch.no_grad()
+def match_rates(probe: AttributeProbe, images: Tensor, captions: Sequence[str]) -> dict[str, float]:
+    """Over every object of every caption: the fraction whose attributes the probe reads back.
+
+    ``colour``, ``shape``, ``size``, ``colour_and_shape`` are read at the object's position;
+    ``colour_and_shape_anywhere`` accepts an object of that colour and shape at any position.
+    """
+    if len(images) != len(captions):
+        raise ValueError(f"images and captions must be as many, got {len(images)} and {len(captions)}")
+    logits = probe(images)
+    read = {name: logits[name].argmax(-1) for name in ("present", "colour", "shape", "size")}  # (B, positions)
+    hits = dict.fromkeys(("colour", "shape", "size", "colour_and_shape", "colour_and_shape_anywhere"), 0)
+    total = 0
+    for b, text in enumerate(captions):
+        for obj in parse_caption(text).objects:
+            p = POSITIONS.index(obj.position)
+            colour = read["colour"][b] == COLOURS.index(obj.colour)  # (positions,)
+            shape = read["shape"][b] == SHAPES.index(obj.shape)
+            present = read["present"][b] == 1
+            hits["colour"] += int(present[p] and colour[p])
+            hits["shape"] += int(present[p] and shape[p])
+            hits["size"] += int(present[p] and read["size"][b, p] == SIZES.index(obj.size))
+            hits["colour_and_shape"] += int(present[p] and colour[p] and shape[p])
+            hits["colour_and_shape_anywhere"] += int((present & colour & shape).any())
+            total += 1
+    return {name: count / total for name, count in hits.items()}
+
+
+@dataclasses.dataclass
+class Measurement:
+    """One row of an evaluation: a sampling setting and what the probe reads from its samples."""
+
+    guidance: float
+    threshold: str
+    steps: int
+    n: int
+    alignment: float
+    alignment_se: float  # standard error of the mean over the n images
+    frechet: float
+    saturation: float
+    colour: float
+    shape: float
+    size: float
+    colour_and_shape: float
+    colour_and_shape_anywhere: float
+    seconds_per_image: float
+
+
+def measure(probe: AttributeProbe, images: Tensor, captions: Sequence[str], real: Tensor, *,
+            guidance: float, threshold: str, steps: int, seconds_per_image: float = float("nan")) -> Measurement:
+    """All the numbers for one batch of samples ``images`` of ``captions`` against ``real`` renders."""
+    scores = alignment(probe, images, list(captions))  # (n,)
+    with torch.no_grad():
+        fake_stats = feature_statistics(probe.features(images))
+        real_stats = feature_statistics(probe.features(real))
+    se = scores.std().item() / len(scores) ** 0.5 if len(scores) > 1 else float("nan")
+    return Measurement(
+        guidance=guidance, threshold=threshold, steps=steps, n=len(images),
+        alignment=scores.mean().item(), alignment_se=se, frechet=frechet_distance(*fake_stats, *real_stats),
+        saturation=saturation(images).mean().item(), **match_rates(probe, images, captions),
+        seconds_per_image=seconds_per_image,
+    )
+
+
+def sample_in_batches(imagen, captions: Sequence[str], *, guidance: float, threshold: str | None, steps: int,
+                      seed: int, batch_size: int = 64, device: str = "cpu", clamp: bool = True) -> Tensor:
+    """The first stage's samples for ``captions``, ``batch_size`` at a time; batch k uses seed ``seed + k``.
+
+    The same (captions, seed, batch_size) give the same images whatever ``guidance`` or ``threshold`` is,
+    up to the sampling itself: every setting of a sweep starts from the same noise.
+    ``clamp=False`` keeps values outside [-1, 1], e.g. to show what no thresholding produces.
+    """
+    out = []
+    for k, first in enumerate(range(0, len(captions), batch_size)):
+        part = list(captions[first:first + batch_size])
+        x = imagen.sample(part, guidance=guidance, threshold=threshold, steps=steps, seed=seed + k,
+                          device=device, progress=False, stages=1, clamp=clamp)[0]
+        out.append(x.cpu())
+    return torch.cat(out)
+
+
+def threshold_sweep(imagen, probe: AttributeProbe, *, n: int = 256, weights: Iterable[float] = PAPER_WEIGHTS,
+                    modes: Iterable[str] = THRESHOLD_MODES, steps: int = 50, seed: int = 0,
+                    prompt_seed: int = EVAL_SEED, batch_size: int = 64, device: str = "cpu",
+                    progress: bool = True) -> list[Measurement]:
+    """Imagen's thresholding experiment (§2.3, Fig. A.9): every guidance weight × thresholding mode.
+
+    The same ``n`` held-out prompts and the same starting noise for every setting, so differences
+    between rows come from guidance and thresholding alone. Saturation is measured before the final
+    clamp to [-1, 1] that saving an image applies.
+    """
+    import time
+
+    weights, modes = [float(w) for w in weights], list(modes)
+    for mode in modes:
+        if mode not in THRESHOLD_MODES:
+            raise ValueError(f"modes must be among {THRESHOLD_MODES}, got {mode!r}")
+    captions, real = eval_prompts(n, seed=prompt_seed)
+    rows = []
+    settings = [(w, mode) for w in weights for mode in modes]
+    for w, mode in tqdm(settings, desc="sweep", disable=not progress):
+        start = time.perf_counter()
+        images = sample_in_batches(imagen, captions, guidance=w, threshold=None if mode == "none" else mode,
+                                   steps=steps, seed=seed, batch_size=batch_size, device=device, clamp=False)
+        per_image = (time.perf_counter() - start) / n
+        # Saturation counts values at or beyond ±1 before clamping; the probe reads the clamped image.
+        sat = saturation(images.clamp(-1, 1)).mean().item()
+        row = measure(probe, images.clamp(-1, 1), captions, real, guidance=w, threshold=mode, steps=steps,
+                      seconds_per_image=per_image)
+        row.saturation = sat
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: Sequence[Measurement], path: str | pathlib.Path, comment: str | None = None) -> pathlib.Path:
+    """Rows as CSV (one line per setting), preceded by ``# comment`` lines, e.g. the command that ran."""
+    from minimagen.checkpoint import atomic_write_bytes
+    import io
+
+    buffer = io.StringIO()
+    if comment:
+        for line in comment.splitlines():
+            buffer.write(f"# {line}\n")
+    fields = [f.name for f in dataclasses.fields(Measurement)]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in dataclasses.asdict(row).items()})
+    path = pathlib.Path(path)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+    return path
+
+
+def read_csv(path: str | pathlib.Path) -> list[Measurement]:
+    """Rows written by ``write_csv`` (comment lines skipped)."""
+    types = {f.name: f.type for f in dataclasses.fields(Measurement)}
+    lines = [line for line in pathlib.Path(path).read_text().splitlines() if not line.startswith("#")]
+    rows = []
+    for record in csv.DictReader(lines):
+        rows.append(Measurement(**{k: (str(v) if types[k] == "str" else int(v) if types[k] == "int" else float(v))
+                                   for k, v in record.items()}))
+    return rows
+
+
+def base_imagen(path: str | pathlib.Path, text_encoder=None, device: str = "cpu"):
+    """A one-stage ``Imagen`` from a base model's weights file (its card names the text encoder)."""
+    from minimagen.cascade import Imagen, Stage
+    from minimagen.checkpoint import load_unet
+
+    unet, header = load_unet(path)
+    if unet.config.lowres_channels:
+        raise ValueError(f"{str(path)!r} holds a super-resolution U-Net; evaluation needs a base model")
+    if text_encoder is None:
+        from minimagen.text import TextEncoder
+
+        text = header.get("text") or {}
+        if "encoder" not in text:
+            raise ValueError(f"{str(path)!r} does not record its text encoder; pass text_encoder=")
+        text_encoder = TextEncoder(text["encoder"], max_length=text.get("max_length", 32), device=device)
+    return Imagen(text_encoder, [Stage(header.get("stage") or "base64", unet, header["schedule"], unet.config.image_size)])
+
+
+def plot_sweep(rows: Sequence[Measurement], title: str | None = None):
+    """Imagen Fig. A.9 on Shapes: alignment against Fréchet distance per thresholding mode (one point per
+    guidance weight, labelled), and saturation against the guidance weight. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, (pareto, sat) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = {"none": "tab:red", "static": "tab:orange", "dynamic": "tab:blue"}
+    for mode in THRESHOLD_MODES:
+        mine = sorted((r for r in rows if r.threshold == mode), key=lambda r: r.guidance)
+        if not mine:
+            continue
+        pareto.errorbar([r.frechet for r in mine], [r.alignment for r in mine], yerr=[r.alignment_se for r in mine],
+                        marker="o", ms=4, capsize=2, color=colours[mode], label=f"{mode} thresholding")
+        for r in mine:
+            pareto.annotate(f"{r.guidance:g}", (r.frechet, r.alignment), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points", color=colours[mode])
+        sat.plot([r.guidance for r in mine], [100 * r.saturation for r in mine], marker="o", ms=4,
+                 color=colours[mode], label=f"{mode} thresholding")
+    pareto.set_xlabel("Fréchet distance to real renders (probe features; lower is better)")
+    pareto.set_ylabel("alignment (fraction of caption attributes read back)")
+    pareto.set_title("alignment vs fidelity; labels: guidance weight w")
+    pareto.legend(fontsize=8)
+    sat.set_xlabel("guidance weight w")
+    sat.set_ylabel("saturated pixels (% at ±1)")
+    sat.set_title("saturation vs guidance weight")
+    sat.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
