@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_unet.py
+	$(BIN)/python bench/bench_cascade.py
 
 clean:
 	rm -rf $(VENV) out

@@ -1,0 +1,89 @@
+"""How long does text -> 64 -> 256 -> 1024 take on this machine? Per stage, with the shipped stage sizes.
+
+Times one prompt through each stage of the cascade at the default sampling settings of `minimagen
+sample` (DDIM steps per stage, classifier-free guidance on the base stage only, so only the base runs a
+doubled batch). Speed does not depend on the weights, so the U-Nets are built from the presets with
+random weights: the figures hold before the SR stages are trained. Compares the total with the goal of
+issue 5 (at most 3 minutes for one prompt on the 2-core CPU) and each SR forward pass with DESIGN.md's
+reference (a 16-channel SR U-Net without attention: ~1.7 s per 1024x1024 forward pass).
+
+    python bench/bench_cascade.py            # writes bench/results/cascade.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from minimagen.cascade import Imagen, Stage
+from minimagen.unet import PRESETS, UNet, UNetConfig
+
+RESULTS = Path(__file__).resolve().parent / "results" / "cascade.json"
+GOAL_S = 180.0  # issue 5: one prompt, default steps, 2-core CPU
+REFERENCE_1024_FORWARD_S = 1.7  # DESIGN.md: 16-channel SR U-Net without attention, one 1024 px pass
+
+
+class RandomText:
+    """MiniLM's shape (24 tokens of width 384) without loading it: speed is all we measure."""
+
+    name, max_length, dim = "random", 24, 384
+
+    def encode(self, prompts):
+        return torch.randn(len(prompts), self.max_length, self.dim), torch.ones(len(prompts), self.max_length, dtype=torch.bool)
+
+
+def unet(preset: str, size: int, sr: bool) -> UNet:
+    return UNet(UNetConfig(image_size=size, text_dim=384, skip_scale=2**-0.5, efficient_updown=True,
+                           lowres_channels=3 if sr else 0, aug_level_conditioning=sr, **PRESETS[preset])).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="base-s")
+    parser.add_argument("--sr256", default="sr-s")
+    parser.add_argument("--sr1024", default="sr-xs")
+    parser.add_argument("--steps", type=int, nargs=3, default=[50, 25, 25], help="DDIM steps per stage")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = {"kind": "cosine", "T": 1000, "max_beta": 0.2}
+    stages = [Stage("base64", unet(args.base, 64, False), spec, 64),
+              Stage("sr256", unet(args.sr256, 256, True), spec, 256),
+              Stage("sr1024", unet(args.sr1024, 256, True), spec, 1024)]  # built for 256 px crops, run whole
+    imagen = Imagen(RandomText(), stages)
+    results = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "stages": {}}
+    total = 0.0
+    images = None
+    for k, stage in enumerate(stages):
+        # Run the cascade up to stage k, subtracting the stages before it (measured in earlier rounds).
+        start = time.perf_counter()
+        images = imagen.sample(["a small red striped circle on the left"], guidance=(3.0, 1.0, 1.0),
+                               steps=args.steps, stages=k + 1, progress=False)
+        elapsed = time.perf_counter() - start - total
+        total += elapsed
+        params = sum(p.numel() for p in stage.unet.parameters())
+        per_step = elapsed / args.steps[k]
+        results["stages"][stage.name] = {"seconds": round(elapsed, 2), "steps": args.steps[k],
+                                         "seconds_per_step": round(per_step, 3), "parameters": params}
+        line = (f"{stage.name:7s} {stage.size:5d} px  {params / 1e6:5.2f} M params  {args.steps[k]:3d} steps  "
+                f"{elapsed:7.1f} s  ({per_step:.2f} s/step)")
+        if stage.size == 1024:
+            line += f"  ratio to DESIGN's 1.7 s per 1024 px pass: {per_step / REFERENCE_1024_FORWARD_S:.2f}"
+        print(line)
+    results["total_seconds"] = round(total, 1)
+    results["goal_seconds"] = GOAL_S
+    print(f"total   {total:.1f} s for one prompt; goal {GOAL_S:.0f} s (ratio {total / GOAL_S:.2f}); "
+          f"output {tuple(images[-1].shape)}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
