@@ -141,14 +141,16 @@ class Imagen:
     def sample(self, prompts: list[str], *, guidance: float | Sequence[float] = (3.0, 1.0, 1.0),
                threshold: str | None = "dynamic", steps: int | Sequence[int] = (50, 25, 25),
                aug_level: int = 50, seed: int = 0, device: str | torch.device = "cpu",
-               progress: bool = True, stages: int | None = None, clamp: bool = True) -> list[Tensor]:
+               progress: bool = True, stages: int | None = None, clamp: bool = True,
+               eta: float = 0.0) -> list[Tensor]:
         """Images of every stage for ``prompts``: a list of [B, 3, size, size] tensors in [-1, 1].
 
         ``guidance`` and ``steps`` (DDIM steps) are per stage, or one value for all; ``aug_level`` is the
         noise-augmentation timestep applied to each SR stage's input; ``seed`` makes the run repeatable.
         ``stages=k`` runs only the first k stages. ``clamp=False`` returns the last stage unclamped
         (e.g. to measure what sampling without thresholding produces); inputs to SR stages are always
-        clamped.
+        clamped. ``eta`` is DDIM's noise level for every stage: 0 is deterministic DDIM, and
+        ``eta=1`` with ``steps=T`` is ancestral DDPM sampling.
         """
         from minimagen.guidance import guided_model_fn
         from minimagen.samplers import ddim_sample
@@ -174,7 +176,7 @@ class Imagen:
             model_fn = guided_model_fn(stage.unet.to(device).eval(), text, mask, w, **extra)
             if progress:
                 print(f"stage {stage.name}: {stage.size}×{stage.size}, {k} DDIM steps, guidance w = {w}")
-            x = ddim_sample(model_fn, (b, 3, stage.size, stage.size), stage.schedule.to(device), steps=k,
+            x = ddim_sample(model_fn, (b, 3, stage.size, stage.size), stage.schedule.to(device), steps=k, eta=eta,
                             threshold=threshold, generator=generator, device=device, progress=progress)
             images.append(x.clamp(-1, 1))
         if not clamp:

@@ -321,28 +321,39 @@ def classifier(args: argparse.Namespace) -> dict:
     return accuracy
 
 
-def evaluate_thresholding(args: argparse.Namespace) -> pathlib.Path:
-    """Imagen's thresholding sweep (guidance weight × thresholding mode), written as CSV + figure."""
-    from minimagen.evaluate import base_imagen, plot_sweep, threshold_sweep, write_csv
+def evaluate_sweep(args: argparse.Namespace) -> pathlib.Path:
+    """A sampling sweep measured by the probe, written as CSV (with the command) + figure.
+
+    ``eval thresholding``: guidance weight x thresholding mode (Imagen Fig. A.9).
+    ``eval steps``: 1000-step DDPM against DDIM with fewer steps (lesson 08).
+    """
+    from minimagen.evaluate import base_imagen, plot_steps, plot_sweep, steps_sweep, threshold_sweep, write_csv
     from minimagen.metrics import load_probe
 
     if args.threads:
         torch.set_num_threads(args.threads)
     imagen = base_imagen(args.model, device=args.device)
     probe = load_probe(args.probe)
+    common = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, device=args.device, progress=not args.quiet)
     start = time.perf_counter()
-    rows = threshold_sweep(imagen, probe, n=args.n, weights=args.weights, modes=args.modes, steps=args.steps,
-                           seed=args.seed, batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+    if args.what == "thresholding":
+        rows = threshold_sweep(imagen, probe, weights=args.weights, modes=args.modes, steps=args.steps, **common)
+        setting = f"DDIM {args.steps} steps"
+    else:
+        rows = steps_sweep(imagen, probe, step_counts=args.step_counts, modes=args.modes, guidance=args.guidance,
+                           ddpm=not args.no_ddpm, **common)
+        setting = f"guidance w = {args.guidance:g}"
     wall = time.perf_counter() - start
     comment = (f"{args.command_line}\nmodel {args.model}, probe {args.probe}, {args.n} held-out prompts per row, "
-               f"DDIM {args.steps} steps, {wall:.0f} s on {args.device}")
+               f"{setting}, {wall:.0f} s on {args.device} ({torch.get_num_threads()} threads)")
     out = write_csv(rows, args.out, comment=comment)
     figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
-    plot_sweep(rows, title=f"{pathlib.Path(args.model).name}: {args.n} prompts per point, DDIM {args.steps}"
-               ).savefig(figure, dpi=120)
+    plot = plot_sweep if args.what == "thresholding" else plot_steps
+    plot(rows, title=f"{pathlib.Path(args.model).name}: {args.n} prompts per point, {setting}").savefig(figure, dpi=120)
     for r in rows:
-        print(f"w={r.guidance:<5g} {r.threshold:<8} alignment {r.alignment:.3f} ± {r.alignment_se:.3f}  "
-              f"FD {r.frechet:7.2f}  saturation {100 * r.saturation:5.2f}%  colour&shape {r.colour_and_shape:.3f}")
+        print(f"{r.sampler} {r.steps:4d} steps  w={r.guidance:<5g} {r.threshold:<8} alignment {r.alignment:.3f} "
+              f"± {r.alignment_se:.3f}  FD {r.frechet:7.2f}  saturation {100 * r.saturation:5.2f}%  "
+              f"colour&shape {r.colour_and_shape:.3f}  {r.seconds_per_image:.2f} s/image")
     print(f"eval: {len(rows)} settings in {wall:.0f} s; wrote {out} and {figure}")
     return out
 
@@ -438,21 +449,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="measure a base model with the attribute probe")
     evals = p.add_subparsers(dest="what", required=True)
-    p = evals.add_parser("thresholding", help="guidance weight x thresholding mode sweep (Imagen Fig. A.9)")
-    p.add_argument("--model", default="data/checkpoints/base64.safetensors", help="base model weights")
-    p.add_argument("--probe", default="data/checkpoints/probe.safetensors")
-    p.add_argument("--n", type=_positive_int, default=256, help="held-out prompts (samples) per setting")
-    p.add_argument("--weights", type=float, nargs="+", default=[1, 1.25, 1.5, 1.75, 2, 3, 4, 5, 6, 8, 10])
-    p.add_argument("--modes", nargs="+", choices=["none", "static", "dynamic"], default=["none", "static", "dynamic"])
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="data/results/thresholding.csv")
-    p.add_argument("--figure", default=None, help="PNG (default: the CSV's name with .png)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=evaluate_thresholding)
+    for what in ("thresholding", "steps"):
+        if what == "thresholding":
+            p = evals.add_parser(what, help="guidance weight x thresholding mode sweep (Imagen Fig. A.9)")
+            p.add_argument("--weights", type=float, nargs="+", default=[1, 1.25, 1.5, 1.75, 2, 3, 4, 5, 6, 8, 10])
+            p.add_argument("--modes", nargs="+", choices=["none", "static", "dynamic"],
+                           default=["none", "static", "dynamic"])
+            p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
+        else:
+            p = evals.add_parser(what, help="1000-step DDPM against DDIM with fewer steps (fast sampling)")
+            p.add_argument("--step-counts", type=_positive_int, nargs="+", default=[250, 100, 50, 25, 10])
+            p.add_argument("--modes", nargs="+", choices=["none", "static", "dynamic"], default=["static", "dynamic"])
+            p.add_argument("--guidance", type=float, default=3.0)
+            p.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM rows")
+        p.add_argument("--model", default="data/checkpoints/base64.safetensors", help="base model weights")
+        p.add_argument("--probe", default="data/checkpoints/probe.safetensors")
+        p.add_argument("--n", type=_positive_int, default=256, help="held-out prompts (samples) per setting")
+        p.add_argument("--batch-size", type=_positive_int, default=64)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", default=f"data/results/{what}.csv")
+        p.add_argument("--figure", default=None, help="PNG (default: the CSV's name with .png)")
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        p.add_argument("--threads", type=int, default=0)
+        p.add_argument("--quiet", action="store_true")
+        p.set_defaults(func=evaluate_sweep)
 
     p = sub.add_parser("export", help="ship a run's EMA weights as fp16 safetensors + JSON model card")
     p.add_argument("run", help="run folder written by `minimagen train`")

@@ -90,10 +90,12 @@ class Measurement:
     colour_and_shape: float
     colour_and_shape_anywhere: float
     seconds_per_image: float
+    sampler: str = "ddim"  # "ddim" (eta = 0) or "ddpm" (ancestral, every one of the T steps)
 
 
 def measure(probe: AttributeProbe, images: Tensor, captions: Sequence[str], real: Tensor, *,
-            guidance: float, threshold: str, steps: int, seconds_per_image: float = float("nan")) -> Measurement:
+            guidance: float, threshold: str, steps: int, seconds_per_image: float = float("nan"),
+            sampler: str = "ddim") -> Measurement:
     """All the numbers for one batch of samples ``images`` of ``captions`` against ``real`` renders."""
     scores = alignment(probe, images, list(captions))  # (n,)
     with torch.no_grad():
@@ -104,25 +106,48 @@ def measure(probe: AttributeProbe, images: Tensor, captions: Sequence[str], real
         guidance=guidance, threshold=threshold, steps=steps, n=len(images),
         alignment=scores.mean().item(), alignment_se=se, frechet=frechet_distance(*fake_stats, *real_stats),
         saturation=saturation(images).mean().item(), **match_rates(probe, images, captions),
-        seconds_per_image=seconds_per_image,
+        seconds_per_image=seconds_per_image, sampler=sampler,
     )
 
 
 def sample_in_batches(imagen, captions: Sequence[str], *, guidance: float, threshold: str | None, steps: int,
-                      seed: int, batch_size: int = 64, device: str = "cpu", clamp: bool = True) -> Tensor:
+                      seed: int, batch_size: int = 64, device: str = "cpu", clamp: bool = True,
+                      eta: float = 0.0) -> Tensor:
     """The first stage's samples for ``captions``, ``batch_size`` at a time; batch k uses seed ``seed + k``.
 
     The same (captions, seed, batch_size) give the same images whatever ``guidance`` or ``threshold`` is,
     up to the sampling itself: every setting of a sweep starts from the same noise.
     ``clamp=False`` keeps values outside [-1, 1], e.g. to show what no thresholding produces.
+    ``eta=1`` with ``steps=T`` is DDPM.
     """
     out = []
     for k, first in enumerate(range(0, len(captions), batch_size)):
         part = list(captions[first:first + batch_size])
         x = imagen.sample(part, guidance=guidance, threshold=threshold, steps=steps, seed=seed + k,
-                          device=device, progress=False, stages=1, clamp=clamp)[0]
+                          device=device, progress=False, stages=1, clamp=clamp, eta=eta)[0]
         out.append(x.cpu())
     return torch.cat(out)
+
+
+def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, batch_size, device, progress) -> list[Measurement]:
+    """One Measurement per (guidance, threshold mode, steps, sampler) on the same prompts and noise."""
+    import time
+
+    captions, real = eval_prompts(n, seed=prompt_seed)
+    rows = []
+    for w, mode, steps, sampler in tqdm(settings, desc="sweep", disable=not progress):
+        if mode not in THRESHOLD_MODES:
+            raise ValueError(f"modes must be among {THRESHOLD_MODES}, got {mode!r}")
+        start = time.perf_counter()
+        images = sample_in_batches(imagen, captions, guidance=w, threshold=None if mode == "none" else mode,
+                                   steps=steps, seed=seed, batch_size=batch_size, device=device, clamp=False,
+                                   eta=1.0 if sampler == "ddpm" else 0.0)
+        per_image = (time.perf_counter() - start) / n
+        # The probe reads the image as it would be saved (clamped); saturation counts the values the
+        # sampler left at or beyond ±1, which clamping pins to exactly ±1.
+        rows.append(measure(probe, images.clamp(-1, 1), captions, real, guidance=w, threshold=mode, steps=steps,
+                            seconds_per_image=per_image, sampler=sampler))
+    return rows
 
 
 def threshold_sweep(imagen, probe: AttributeProbe, *, n: int = 256, weights: Iterable[float] = PAPER_WEIGHTS,
@@ -132,30 +157,31 @@ def threshold_sweep(imagen, probe: AttributeProbe, *, n: int = 256, weights: Ite
     """Imagen's thresholding experiment (§2.3, Fig. A.9): every guidance weight × thresholding mode.
 
     The same ``n`` held-out prompts and the same starting noise for every setting, so differences
-    between rows come from guidance and thresholding alone. Saturation is measured before the final
-    clamp to [-1, 1] that saving an image applies.
+    between rows come from guidance and thresholding alone.
     """
-    import time
-
-    weights, modes = [float(w) for w in weights], list(modes)
+    modes = list(modes)
     for mode in modes:
         if mode not in THRESHOLD_MODES:
             raise ValueError(f"modes must be among {THRESHOLD_MODES}, got {mode!r}")
-    captions, real = eval_prompts(n, seed=prompt_seed)
-    rows = []
-    settings = [(w, mode) for w in weights for mode in modes]
-    for w, mode in tqdm(settings, desc="sweep", disable=not progress):
-        start = time.perf_counter()
-        images = sample_in_batches(imagen, captions, guidance=w, threshold=None if mode == "none" else mode,
-                                   steps=steps, seed=seed, batch_size=batch_size, device=device, clamp=False)
-        per_image = (time.perf_counter() - start) / n
-        # Saturation counts values at or beyond ±1 before clamping; the probe reads the clamped image.
-        sat = saturation(images.clamp(-1, 1)).mean().item()
-        row = measure(probe, images.clamp(-1, 1), captions, real, guidance=w, threshold=mode, steps=steps,
-                      seconds_per_image=per_image)
-        row.saturation = sat
-        rows.append(row)
-    return rows
+    settings = [(float(w), mode, steps, "ddim") for w in weights for mode in modes]
+    return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, batch_size=batch_size,
+                         device=device, progress=progress)
+
+
+DDIM_STEPS = (250, 100, 50, 25, 10)  # the step counts lesson 08 compares with 1000-step DDPM
+
+
+def steps_sweep(imagen, probe: AttributeProbe, *, n: int = 256, step_counts: Iterable[int] = DDIM_STEPS,
+                modes: Iterable[str] = ("static", "dynamic"), guidance: float = 3.0, ddpm: bool = True,
+                seed: int = 0, prompt_seed: int = EVAL_SEED, batch_size: int = 64, device: str = "cpu",
+                progress: bool = True) -> list[Measurement]:
+    """Fast sampling (DDIM §5): ancestral DDPM over all T steps against DDIM with fewer steps, for each
+    thresholding mode, at one guidance weight; the same prompts and starting noise throughout."""
+    T = imagen.stages[0].schedule.T
+    settings = [(float(guidance), mode, T, "ddpm") for mode in modes] if ddpm else []
+    settings += [(float(guidance), mode, int(k), "ddim") for k in step_counts for mode in modes]
+    return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, batch_size=batch_size,
+                         device=device, progress=progress)
 
 
 def write_csv(rows: Sequence[Measurement], path: str | pathlib.Path, comment: str | None = None) -> pathlib.Path:
@@ -232,6 +258,38 @@ def plot_sweep(rows: Sequence[Measurement], title: str | None = None):
     sat.set_ylabel("saturated pixels (% at ±1)")
     sat.set_title("saturation vs guidance weight")
     sat.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_steps(rows: Sequence[Measurement], title: str | None = None):
+    """Lesson 08's figure: alignment and Fréchet distance against the number of sampling steps, one line
+    per thresholding mode for DDIM, DDPM's T-step result as a horizontal band (± one standard error)."""
+    import matplotlib.pyplot as plt
+
+    fig, (align, fd) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = {"none": "tab:red", "static": "tab:orange", "dynamic": "tab:blue"}
+    for mode in THRESHOLD_MODES:
+        ddim = sorted((r for r in rows if r.threshold == mode and r.sampler == "ddim"), key=lambda r: r.steps)
+        if ddim:
+            align.errorbar([r.steps for r in ddim], [r.alignment for r in ddim], yerr=[r.alignment_se for r in ddim],
+                           marker="o", ms=4, capsize=2, color=colours[mode], label=f"DDIM, {mode} thresholding")
+            fd.plot([r.steps for r in ddim], [r.frechet for r in ddim], marker="o", ms=4, color=colours[mode],
+                    label=f"DDIM, {mode} thresholding")
+        for r in (r for r in rows if r.threshold == mode and r.sampler == "ddpm"):
+            align.axhspan(r.alignment - r.alignment_se, r.alignment + r.alignment_se, color=colours[mode], alpha=0.2,
+                          label=f"DDPM {r.steps} steps, {mode}")
+            fd.axhline(r.frechet, color=colours[mode], ls="--", label=f"DDPM {r.steps} steps, {mode}")
+    for ax in (align, fd):
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling steps (model calls)")
+        ax.legend(fontsize=7)
+    align.set_ylabel("alignment (fraction of caption attributes read back)")
+    fd.set_ylabel("Fréchet distance to real renders (lower is better)")
+    align.set_title("alignment vs steps")
+    fd.set_title("fidelity vs steps")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -147,3 +147,18 @@ def test_eval_thresholding_writes_csv_and_figure(tmp_path, tiny_preset):
     assert [(r.guidance, r.threshold) for r in rows] == [(1, "none"), (1, "dynamic"), (5, "none"), (5, "dynamic")]
     assert out.read_text().startswith("# minimagen eval thresholding")
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_eval_steps_writes_ddpm_and_ddim_rows(tmp_path, tiny_preset):
+    from minimagen.evaluate import read_csv
+
+    run = tmp_path / "base"
+    cli.main(["train", "--out", str(run), "--unet", "tiny", "--steps", "1", "--batch-size", "2", "--T", "20",
+              "--sample-every", "0", "--quiet", "--threads", "1"])
+    model = tmp_path / "base64.safetensors"
+    cli.main(["export", str(run), str(model)])
+    out = tmp_path / "steps.csv"
+    cli.main(["eval", "steps", "--model", str(model), "--n", "2", "--step-counts", "4", "2", "--modes", "dynamic",
+              "--out", str(out), "--quiet", "--threads", "1"])
+    assert [(r.sampler, r.steps) for r in read_csv(out)] == [("ddpm", 20), ("ddim", 4), ("ddim", 2)]
+    assert out.with_suffix(".png").is_file()

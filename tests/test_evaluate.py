@@ -92,3 +92,26 @@ def test_dynamic_thresholding_removes_saturation_of_a_large_weight(tiny_base):
 def test_imagen_sample_runs_the_first_stages_only(tiny_base):
     with pytest.raises(ValueError, match="stages must be"):
         tiny_base.sample(["x"], steps=2, stages=2, progress=False)
+
+
+def test_steps_sweep_puts_ddpm_first_and_records_the_sampler(tmp_path, tiny_base):
+    probe = AttributeProbe().eval()
+    rows = evaluate.steps_sweep(tiny_base, probe, n=2, step_counts=[5, 2], modes=["static"], progress=False)
+    assert [(r.sampler, r.steps) for r in rows] == [("ddpm", 100), ("ddim", 5), ("ddim", 2)]
+    back = evaluate.read_csv(evaluate.write_csv(rows, tmp_path / "steps.csv"))
+    assert [r.sampler for r in back] == ["ddpm", "ddim", "ddim"]
+    fig = evaluate.plot_steps(rows)
+    assert fig.axes[0].get_xlabel() == "sampling steps (model calls)"
+
+
+def test_ddim_with_eta_one_over_all_steps_is_ddpm(tiny_base):
+    from minimagen.guidance import guided_model_fn
+    from minimagen.samplers import ddpm_sample
+
+    stage = tiny_base.stages[0]
+    text, mask = tiny_base.text_encoder.encode(["a red circle"])
+    via_imagen = tiny_base.sample(["a red circle"], guidance=1.0, threshold="static", steps=100, eta=1.0, seed=3,
+                                  progress=False)[0]
+    reference = ddpm_sample(guided_model_fn(stage.unet, text, mask, 1.0), (1, 3, 64, 64), stage.schedule,
+                            threshold="static", generator=torch.Generator().manual_seed(3), progress=False)
+    torch.testing.assert_close(via_imagen, reference.clamp(-1, 1), atol=1e-4, rtol=0)
