@@ -183,6 +183,48 @@ class Imagen:
             images[-1] = x
         return images
 
+    def stage(self, name: str) -> Stage:
+        """The stage called ``name`` (e.g. "sr256"); ValueError naming the stages there are."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise ValueError(f"no stage named {name!r}; this cascade has {[s.name for s in self.stages]}")
+
+    @torch.no_grad()
+    def super_resolve(self, lowres: Tensor, prompts: list[str], *, stage: str, guidance: float = 1.0,
+                      steps: int = 25, aug_level: int = 50, threshold: str | None = "dynamic", seed: int = 0,
+                      device: str | torch.device = "cpu", progress: bool = True) -> Tensor:
+        """Run one super-resolution stage on given low-resolution images (e.g. real renders, or another
+        model's samples): [B, 3, h, h] in [-1, 1] with h the previous stage's size -> [B, 3, size, size].
+        """
+        from minimagen.guidance import guided_model_fn
+        from minimagen.samplers import ddim_sample
+
+        sr = self.stage(stage)
+        if not sr.is_super_resolution:
+            raise ValueError(f"stage {stage!r} is the base model; super_resolve needs a super-resolution stage")
+        expected = self.stages[self.stages.index(sr) - 1].size
+        if not isinstance(lowres, Tensor) or lowres.ndim != 4 or lowres.shape[1] != 3:
+            raise ValueError(f"lowres must be a [B, 3, {expected}, {expected}] tensor, got "
+                             f"{list(lowres.shape) if isinstance(lowres, Tensor) else type(lowres).__name__}")
+        if lowres.shape[-2:] != (expected, expected):
+            raise ValueError(f"image size {lowres.shape[-1]}x{lowres.shape[-2]} does not match stage {stage!r} "
+                             f"(expects {expected}x{expected} inputs, makes {sr.size}x{sr.size})")
+        if not 0 <= aug_level < sr.schedule.T:
+            raise ValueError(f"aug_level must be in [0, {sr.schedule.T}), got {aug_level}")
+        text, mask = self.text_encoder.encode(prompts)  # checks the prompts
+        if len(prompts) != lowres.shape[0]:
+            raise ValueError(f"prompts ({len(prompts)}) and lowres images ({lowres.shape[0]}) must be as many")
+        b = lowres.shape[0]
+        generator = torch.Generator().manual_seed(seed)
+        level = torch.full((b,), aug_level, device=device)
+        noise = torch.randn((b, 3, sr.size, sr.size), generator=generator).to(device)
+        extra = sr_inputs(lowres.to(device).clamp(-1, 1), sr.size, level, sr.schedule.to(device), noise)
+        model_fn = guided_model_fn(sr.unet.to(device).eval(), text.to(device), mask.to(device), guidance, **extra)
+        x = ddim_sample(model_fn, (b, 3, sr.size, sr.size), sr.schedule.to(device), steps=steps, threshold=threshold,
+                        generator=generator, device=device, progress=progress)
+        return x.clamp(-1, 1)
+
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write every stage's weights (fp16 + card-less header) and ``imagen.json`` to ``folder``."""
         from minimagen.checkpoint import atomic_write_bytes, save_weights

@@ -96,3 +96,20 @@ def test_cascade_argument_errors(tmp_path, tiny_cascade):
         Imagen(FakeTextEncoder(), [imagen.stages[0], imagen.stages[2], imagen.stages[1]])
     with pytest.raises(ValueError, match="no imagen.json"):
         Imagen.from_pretrained(tmp_path)
+
+
+def test_super_resolve_checks_the_input_size_and_runs_one_stage(tiny_cascade):
+    imagen = tiny_cascade
+    low = torch.rand(2, 3, 8, 8) * 2 - 1
+    out = imagen.super_resolve(low, ["a red circle", "a blue square"], stage="sr16", steps=2, progress=False)
+    assert out.shape == (2, 3, 16, 16) and out.abs().max() <= 1
+    again = imagen.super_resolve(low, ["a red circle", "a blue square"], stage="sr16", steps=2, progress=False)
+    torch.testing.assert_close(out, again)
+    with pytest.raises(ValueError, match=r"image size 16x16 does not match stage 'sr16' \(expects 8x8 inputs"):
+        imagen.super_resolve(torch.zeros(2, 3, 16, 16), ["a", "b"], stage="sr16", progress=False)
+    with pytest.raises(ValueError, match="no stage named 'sr256'"):
+        imagen.super_resolve(low, ["a", "b"], stage="sr256", progress=False)
+    with pytest.raises(ValueError, match="is the base model"):
+        imagen.super_resolve(low, ["a", "b"], stage="base8", progress=False)
+    with pytest.raises(ValueError, match="must be as many"):
+        imagen.super_resolve(low, ["a"], stage="sr16", progress=False)
