@@ -334,7 +334,8 @@ def evaluate_sweep(args: argparse.Namespace) -> pathlib.Path:
         torch.set_num_threads(args.threads)
     imagen = base_imagen(args.model, device=args.device)
     probe = load_probe(args.probe)
-    common = dict(n=args.n, seed=args.seed, batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+    common = dict(n=args.n, seed=args.seed, max_objects=args.max_objects, batch_size=args.batch_size, device=args.device,
+                  progress=not args.quiet)
     start = time.perf_counter()
     if args.what == "thresholding":
         rows = threshold_sweep(imagen, probe, weights=args.weights, modes=args.modes, steps=args.steps, **common)
@@ -344,7 +345,8 @@ def evaluate_sweep(args: argparse.Namespace) -> pathlib.Path:
                            ddpm=not args.no_ddpm, **common)
         setting = f"guidance w = {args.guidance:g}"
     wall = time.perf_counter() - start
-    comment = (f"{args.command_line}\nmodel {args.model}, probe {args.probe}, {args.n} held-out prompts per row, "
+    comment = (f"{args.command_line}\nmodel {args.model}, probe {args.probe}, {args.n} held-out prompts per row "
+               f"(1 to {args.max_objects} objects), "
                f"{setting}, {wall:.0f} s on {args.device} ({torch.get_num_threads()} threads)")
     out = write_csv(rows, args.out, comment=comment)
     figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
@@ -465,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default="data/checkpoints/base64.safetensors", help="base model weights")
         p.add_argument("--probe", default="data/checkpoints/probe.safetensors")
         p.add_argument("--n", type=_positive_int, default=256, help="held-out prompts (samples) per setting")
+        p.add_argument("--max-objects", type=int, choices=[1, 2], default=2, help="objects per prompt: 1, or 1 to 2")
         p.add_argument("--batch-size", type=_positive_int, default=64)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", default=f"data/results/{what}.csv")

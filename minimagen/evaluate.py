@@ -129,11 +129,12 @@ def sample_in_batches(imagen, captions: Sequence[str], *, guidance: float, thres
     return torch.cat(out)
 
 
-def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, batch_size, device, progress) -> list[Measurement]:
+def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, max_objects, batch_size, device,
+                  progress) -> list[Measurement]:
     """One Measurement per (guidance, threshold mode, steps, sampler) on the same prompts and noise."""
     import time
 
-    captions, real = eval_prompts(n, seed=prompt_seed)
+    captions, real = eval_prompts(n, seed=prompt_seed, max_objects=max_objects)
     rows = []
     for w, mode, steps, sampler in tqdm(settings, desc="sweep", disable=not progress):
         if mode not in THRESHOLD_MODES:
@@ -152,7 +153,7 @@ def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, batch_size, 
 
 def threshold_sweep(imagen, probe: AttributeProbe, *, n: int = 256, weights: Iterable[float] = PAPER_WEIGHTS,
                     modes: Iterable[str] = THRESHOLD_MODES, steps: int = 50, seed: int = 0,
-                    prompt_seed: int = EVAL_SEED, batch_size: int = 64, device: str = "cpu",
+                    prompt_seed: int = EVAL_SEED, max_objects: int = 2, batch_size: int = 64, device: str = "cpu",
                     progress: bool = True) -> list[Measurement]:
     """Imagen's thresholding experiment (§2.3, Fig. A.9): every guidance weight × thresholding mode.
 
@@ -164,8 +165,8 @@ def threshold_sweep(imagen, probe: AttributeProbe, *, n: int = 256, weights: Ite
         if mode not in THRESHOLD_MODES:
             raise ValueError(f"modes must be among {THRESHOLD_MODES}, got {mode!r}")
     settings = [(float(w), mode, steps, "ddim") for w in weights for mode in modes]
-    return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, batch_size=batch_size,
-                         device=device, progress=progress)
+    return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, max_objects=max_objects,
+                         batch_size=batch_size, device=device, progress=progress)
 
 
 DDIM_STEPS = (250, 100, 50, 25, 10)  # the step counts lesson 08 compares with 1000-step DDPM
@@ -173,15 +174,15 @@ DDIM_STEPS = (250, 100, 50, 25, 10)  # the step counts lesson 08 compares with 1
 
 def steps_sweep(imagen, probe: AttributeProbe, *, n: int = 256, step_counts: Iterable[int] = DDIM_STEPS,
                 modes: Iterable[str] = ("static", "dynamic"), guidance: float = 3.0, ddpm: bool = True,
-                seed: int = 0, prompt_seed: int = EVAL_SEED, batch_size: int = 64, device: str = "cpu",
+                seed: int = 0, prompt_seed: int = EVAL_SEED, max_objects: int = 2, batch_size: int = 64, device: str = "cpu",
                 progress: bool = True) -> list[Measurement]:
     """Fast sampling (DDIM §5): ancestral DDPM over all T steps against DDIM with fewer steps, for each
     thresholding mode, at one guidance weight; the same prompts and starting noise throughout."""
     T = imagen.stages[0].schedule.T
     settings = [(float(guidance), mode, T, "ddpm") for mode in modes] if ddpm else []
     settings += [(float(guidance), mode, int(k), "ddim") for k in step_counts for mode in modes]
-    return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, batch_size=batch_size,
-                         device=device, progress=progress)
+    return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, max_objects=max_objects,
+                         batch_size=batch_size, device=device, progress=progress)
 
 
 def write_csv(rows: Sequence[Measurement], path: str | pathlib.Path, comment: str | None = None) -> pathlib.Path:
