@@ -204,6 +204,14 @@ def export(args: argparse.Namespace) -> None:
         command=meta.get("command"), train_config=meta["train_config"], steps=meta["step"],
         wall_time=meta.get("wall_time", 0.0), history=history, hardware=args.hardware,
     )
+    for csv_path in args.evaluation or []:  # measurements of this model (`minimagen eval ...`), kept on its card
+        from minimagen.evaluate import read_csv
+
+        lines = pathlib.Path(csv_path).read_text().splitlines()
+        card.setdefault("evaluation", []).append({
+            "made_by": [line[2:] for line in lines if line.startswith("# ")],
+            "rows": [dataclasses.asdict(r) for r in read_csv(csv_path)],
+        })
     header = {k: meta.get(k) for k in ("stage", "schedule", "text", "size")}
     save_weights(model, args.dest, meta["model_config"], card=card, extra=header)
     print(f"export: wrote {args.dest} ({model.num_parameters() / 1e6:.2f} M parameters, step {meta['step']})")
@@ -481,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by `minimagen train`")
     p.add_argument("dest", help="weights file to write, e.g. data/checkpoints/base64.safetensors")
     p.add_argument("--hardware", default=None, help="what the run trained on, for the model card")
+    p.add_argument("--evaluation", nargs="+", default=None,
+                   help="CSV files written by `minimagen eval` for this model, copied onto its card")
     p.set_defaults(func=export)
     return parser
 

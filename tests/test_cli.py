@@ -147,6 +147,10 @@ def test_eval_thresholding_writes_csv_and_figure(tmp_path, tiny_preset):
     assert [(r.guidance, r.threshold) for r in rows] == [(1, "none"), (1, "dynamic"), (5, "none"), (5, "dynamic")]
     assert out.read_text().startswith("# minimagen eval thresholding")
     assert out.with_suffix(".png").stat().st_size > 10_000
+    cli.main(["export", str(run), str(model), "--evaluation", str(out)])  # the card keeps the measurements
+    card = json.loads(model.with_suffix(".json").read_text())
+    assert card["evaluation"][0]["made_by"][0].startswith("minimagen eval thresholding")
+    assert [r["guidance"] for r in card["evaluation"][0]["rows"]] == [1, 1, 5, 5]
 
 
 def test_eval_steps_writes_ddpm_and_ddim_rows(tmp_path, tiny_preset):
