@@ -232,7 +232,8 @@ def sample(args: argparse.Namespace) -> list[pathlib.Path]:
     steps = args.steps if len(args.steps) > 1 else args.steps * n
     start = time.perf_counter()
     images = imagen.sample(args.prompts, guidance=guidance, steps=steps, threshold=args.threshold,
-                           aug_level=args.aug_level, seed=args.seed, device=args.device, progress=not args.quiet)
+                           aug_level=args.aug_level, seed=args.seed, device=args.device, progress=not args.quiet,
+                           precision=args.precision)
     out = pathlib.Path(args.out)
     written = [save_grid(images[-1], out, nrow=len(args.prompts))]
     if args.all_stages:
@@ -343,7 +344,7 @@ def evaluate_sweep(args: argparse.Namespace) -> pathlib.Path:
     imagen = base_imagen(args.model, device=args.device)
     probe = load_probe(args.probe)
     common = dict(n=args.n, seed=args.seed, max_objects=args.max_objects, batch_size=args.batch_size, device=args.device,
-                  progress=not args.quiet)
+                  progress=not args.quiet, precision=args.precision)
     start = time.perf_counter()
     if args.what == "thresholding":
         rows = threshold_sweep(imagen, probe, weights=args.weights, modes=args.modes, steps=args.steps, **common)
@@ -355,7 +356,7 @@ def evaluate_sweep(args: argparse.Namespace) -> pathlib.Path:
     wall = time.perf_counter() - start
     comment = (f"{args.command_line}\nmodel {args.model}, probe {args.probe}, {args.n} held-out prompts per row "
                f"(1 to {args.max_objects} objects), "
-               f"{setting}, {wall:.0f} s on {args.device} ({torch.get_num_threads()} threads)")
+               f"{setting}, {args.precision}, {wall:.0f} s on {args.device} ({torch.get_num_threads()} threads)")
     out = write_csv(rows, args.out, comment=comment)
     figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
     plot = plot_sweep if args.what == "thresholding" else plot_steps
@@ -391,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, nargs="+", default=[50], help="DDIM steps, per stage or one for all")
     p.add_argument("--threshold", choices=["none", "static", "dynamic"], default="dynamic")
     p.add_argument("--aug-level", type=int, default=50, help="noise augmentation of the SR stages' inputs")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: U-Nets under bfloat16 autocast, about 2x faster on CPUs with AVX-512 bf16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0)
@@ -480,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", default=f"data/results/{what}.csv")
         p.add_argument("--figure", default=None, help="PNG (default: the CSV's name with .png)")
+        p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                       help="bf16: U-Net under bfloat16 autocast, about 2x faster on CPUs with AVX-512 bf16")
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         p.add_argument("--threads", type=int, default=0)
         p.add_argument("--quiet", action="store_true")

@@ -112,7 +112,7 @@ def measure(probe: AttributeProbe, images: Tensor, captions: Sequence[str], real
 
 def sample_in_batches(imagen, captions: Sequence[str], *, guidance: float, threshold: str | None, steps: int,
                       seed: int, batch_size: int = 64, device: str = "cpu", clamp: bool = True,
-                      eta: float = 0.0) -> Tensor:
+                      eta: float = 0.0, precision: str = "fp32") -> Tensor:
     """The first stage's samples for ``captions``, ``batch_size`` at a time; batch k uses seed ``seed + k``.
 
     The same (captions, seed, batch_size) give the same images whatever ``guidance`` or ``threshold`` is,
@@ -124,13 +124,13 @@ def sample_in_batches(imagen, captions: Sequence[str], *, guidance: float, thres
     for k, first in enumerate(range(0, len(captions), batch_size)):
         part = list(captions[first:first + batch_size])
         x = imagen.sample(part, guidance=guidance, threshold=threshold, steps=steps, seed=seed + k,
-                          device=device, progress=False, stages=1, clamp=clamp, eta=eta)[0]
+                          device=device, progress=False, stages=1, clamp=clamp, eta=eta, precision=precision)[0]
         out.append(x.cpu())
     return torch.cat(out)
 
 
 def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, max_objects, batch_size, device,
-                  progress) -> list[Measurement]:
+                  progress, precision) -> list[Measurement]:
     """One Measurement per (guidance, threshold mode, steps, sampler) on the same prompts and noise."""
     import time
 
@@ -142,7 +142,7 @@ def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, max_objects,
         start = time.perf_counter()
         images = sample_in_batches(imagen, captions, guidance=w, threshold=None if mode == "none" else mode,
                                    steps=steps, seed=seed, batch_size=batch_size, device=device, clamp=False,
-                                   eta=1.0 if sampler == "ddpm" else 0.0)
+                                   eta=1.0 if sampler == "ddpm" else 0.0, precision=precision)
         per_image = (time.perf_counter() - start) / n
         # The probe reads the image as it would be saved (clamped); saturation counts the values the
         # sampler left at or beyond ±1, which clamping pins to exactly ±1.
@@ -154,7 +154,7 @@ def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, max_objects,
 def threshold_sweep(imagen, probe: AttributeProbe, *, n: int = 256, weights: Iterable[float] = PAPER_WEIGHTS,
                     modes: Iterable[str] = THRESHOLD_MODES, steps: int = 50, seed: int = 0,
                     prompt_seed: int = EVAL_SEED, max_objects: int = 2, batch_size: int = 64, device: str = "cpu",
-                    progress: bool = True) -> list[Measurement]:
+                    progress: bool = True, precision: str = "fp32") -> list[Measurement]:
     """Imagen's thresholding experiment (§2.3, Fig. A.9): every guidance weight × thresholding mode.
 
     The same ``n`` held-out prompts and the same starting noise for every setting, so differences
@@ -166,7 +166,7 @@ def threshold_sweep(imagen, probe: AttributeProbe, *, n: int = 256, weights: Ite
             raise ValueError(f"modes must be among {THRESHOLD_MODES}, got {mode!r}")
     settings = [(float(w), mode, steps, "ddim") for w in weights for mode in modes]
     return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, max_objects=max_objects,
-                         batch_size=batch_size, device=device, progress=progress)
+                         batch_size=batch_size, device=device, progress=progress, precision=precision)
 
 
 DDIM_STEPS = (250, 100, 50, 25, 10)  # the step counts lesson 08 compares with 1000-step DDPM
@@ -174,15 +174,15 @@ DDIM_STEPS = (250, 100, 50, 25, 10)  # the step counts lesson 08 compares with 1
 
 def steps_sweep(imagen, probe: AttributeProbe, *, n: int = 256, step_counts: Iterable[int] = DDIM_STEPS,
                 modes: Iterable[str] = ("static", "dynamic"), guidance: float = 3.0, ddpm: bool = True,
-                seed: int = 0, prompt_seed: int = EVAL_SEED, max_objects: int = 2, batch_size: int = 64, device: str = "cpu",
-                progress: bool = True) -> list[Measurement]:
+                seed: int = 0, prompt_seed: int = EVAL_SEED, max_objects: int = 2, batch_size: int = 64,
+                device: str = "cpu", progress: bool = True, precision: str = "fp32") -> list[Measurement]:
     """Fast sampling (DDIM §5): ancestral DDPM over all T steps against DDIM with fewer steps, for each
     thresholding mode, at one guidance weight; the same prompts and starting noise throughout."""
     T = imagen.stages[0].schedule.T
     settings = [(float(guidance), mode, T, "ddpm") for mode in modes] if ddpm else []
     settings += [(float(guidance), mode, int(k), "ddim") for k in step_counts for mode in modes]
     return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, max_objects=max_objects,
-                         batch_size=batch_size, device=device, progress=progress)
+                         batch_size=batch_size, device=device, progress=progress, precision=precision)
 
 
 def write_csv(rows: Sequence[Measurement], path: str | pathlib.Path, comment: str | None = None) -> pathlib.Path:

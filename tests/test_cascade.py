@@ -113,3 +113,25 @@ def test_super_resolve_checks_the_input_size_and_runs_one_stage(tiny_cascade):
         imagen.super_resolve(low, ["a", "b"], stage="base8", progress=False)
     with pytest.raises(ValueError, match="must be as many"):
         imagen.super_resolve(low, ["a"], stage="sr16", progress=False)
+
+
+def test_bf16_sampling_stays_close_to_fp32_and_precision_is_checked(tiny_cascade):
+    import copy
+
+    prompts = ["a red circle", "a blue square"]
+    imagen = copy.deepcopy(tiny_cascade)
+    torch.manual_seed(1)
+    with torch.no_grad():  # the fresh U-Net's output layer is zero (eps = 0 exactly): give it weights to round
+        for p in imagen.stages[0].unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    fp32 = imagen.sample(prompts, steps=3, guidance=(2.0, 1.0, 1.0), progress=False, stages=1, clamp=False)[0]
+    bf16 = imagen.sample(prompts, steps=3, guidance=(2.0, 1.0, 1.0), progress=False, stages=1,
+                               precision="bf16", clamp=False)[0]
+    assert bf16.dtype == torch.float32
+    difference = (bf16 - fp32).abs()
+    assert 0 < difference.max() and difference.mean() < 0.05  # rounding moves pixels a little, never far
+    with pytest.raises(ValueError, match="precision must be one of"):
+        tiny_cascade.sample(prompts, steps=2, progress=False, precision="fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        tiny_cascade.super_resolve(torch.zeros(2, 3, 8, 8), prompts, stage="sr16", steps=2, progress=False,
+                                   precision="half")

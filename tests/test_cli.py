@@ -163,6 +163,7 @@ def test_eval_steps_writes_ddpm_and_ddim_rows(tmp_path, tiny_preset):
     cli.main(["export", str(run), str(model)])
     out = tmp_path / "steps.csv"
     cli.main(["eval", "steps", "--model", str(model), "--n", "2", "--step-counts", "4", "2", "--modes", "dynamic",
-              "--out", str(out), "--quiet", "--threads", "1"])
+              "--out", str(out), "--quiet", "--threads", "1", "--precision", "bf16"])
     assert [(r.sampler, r.steps) for r in read_csv(out)] == [("ddpm", 20), ("ddim", 4), ("ddim", 2)]
+    assert "bf16" in out.read_text().splitlines()[1]  # the comment says how it was sampled
     assert out.with_suffix(".png").is_file()
