@@ -290,7 +290,7 @@ def classifier(args: argparse.Namespace) -> dict:
     from minimagen.checkpoint import save_weights
     from minimagen.data import Shapes
     from minimagen.guidance import train_noisy_classifier
-    from minimagen.metrics import HEADS, scene_targets
+    from minimagen.metrics import attribute_accuracy
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -302,18 +302,14 @@ def classifier(args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - start
     held_out = Shapes(size=64, length=args.eval_n, seed=args.seed + 1000)
     x0 = torch.stack([held_out[i][0] for i in range(args.eval_n)])
-    targets = [scene_targets(held_out.scene(i)) for i in range(args.eval_n)]
+    scenes = [held_out.scene(i) for i in range(args.eval_n)]
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(args.seed + 1000))
     accuracy = {}
     for level in (0, 250, 500, 750, 900):
         t = torch.full((args.eval_n,), min(level, args.T - 1))
         with torch.no_grad():
-            logits = model(schedule.q_sample(x0, t, noise), t)
-        row = {}
-        for name in HEADS:
-            target = torch.stack([tt[name] for tt in targets])
-            known = target >= 0
-            row[name] = round((logits[name].argmax(-1)[known] == target[known]).float().mean().item(), 4)
+            row = attribute_accuracy(lambda x: model(x, t), schedule.q_sample(x0, t, noise), scenes)
+        row = {name: round(value, 4) for name, value in row.items()}
         accuracy[f"t={int(t[0])}"] = row
         print(f"classifier: held-out accuracy at t={int(t[0])}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
     config = {"kind": "NoisyClassifier", "width": model.width, "feature_dim": model.feature_dim}
@@ -369,6 +365,15 @@ def evaluate_sweep(args: argparse.Namespace) -> pathlib.Path:
     return out
 
 
+def _add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
+    """The options every long-running subcommand takes: seed, device, CPU threads, progress bars."""
+    p.add_argument("--seed", type=int, default=0)
+    if device:
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimagen", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -377,10 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo.png", help="PNG file to write")
     p.add_argument("--steps", type=_positive_int, default=1000, help="training steps")
     p.add_argument("--n", type=_positive_int, default=16, help="number of samples in the grid")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--save", default=None, help="also save the EMA weights (fp16 safetensors + JSON card)")
+    _add_common(p, device=False)
     p.set_defaults(func=demo)
 
     p = sub.add_parser("sample", help="text -> image with a saved cascade (every stage in turn)")
@@ -394,10 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aug-level", type=int, default=50, help="noise augmentation of the SR stages' inputs")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: U-Nets under bfloat16 autocast, about 2x faster on CPUs with AVX-512 bf16")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    _add_common(p)
     p.set_defaults(func=sample)
 
     p = sub.add_parser("probe", help="train the attribute probe used by the metrics and ship it")
@@ -406,9 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-n", type=_positive_int, default=1000, help="held-out images for the accuracy table")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    _add_common(p, device=False)
     p.set_defaults(func=probe)
 
     p = sub.add_parser("train", help="train a stage on Shapes (resumes from the newest checkpoint in --out)")
@@ -439,10 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", type=_positive_int, default=50_000, help="text embeddings kept in memory")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--sample-every", type=int, default=1000, help="write a sample grid to OUT/samples (0: never)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--quiet", action="store_true")
+    _add_common(p)
     p.set_defaults(func=train)
 
     p = sub.add_parser("classifier", help="train the noisy classifier that classifier guidance needs")
@@ -455,9 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--T", type=_positive_int, default=1000)
     p.add_argument("--max-beta", type=float, default=0.2)
     p.add_argument("--eval-n", type=_positive_int, default=500, help="held-out images per noise level")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    _add_common(p, device=False)
     p.set_defaults(func=classifier)
 
     p = sub.add_parser("eval", help="measure a base model with the attribute probe")
@@ -480,14 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--n", type=_positive_int, default=256, help="held-out prompts (samples) per setting")
         p.add_argument("--max-objects", type=int, choices=[1, 2], default=2, help="objects per prompt: 1, or 1 to 2")
         p.add_argument("--batch-size", type=_positive_int, default=64)
-        p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", default=f"data/results/{what}.csv")
         p.add_argument("--figure", default=None, help="PNG (default: the CSV's name with .png)")
         p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                        help="bf16: U-Net under bfloat16 autocast, about 2x faster on CPUs with AVX-512 bf16")
-        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-        p.add_argument("--threads", type=int, default=0)
-        p.add_argument("--quiet", action="store_true")
+        _add_common(p)
         p.set_defaults(func=evaluate_sweep)
 
     p = sub.add_parser("export", help="ship a run's EMA weights as fp16 safetensors + JSON model card")

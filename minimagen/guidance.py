@@ -180,32 +180,17 @@ def train_noisy_classifier(schedule, steps: int = 3000, batch_size: int = 32, lr
                            width: int = 16, progress: bool = True) -> tuple[NoisyClassifier, list[float]]:
     """Train a ``NoisyClassifier`` on x_t = q_sample(Shapes render, t, eps) at uniformly drawn t (AdamW,
     cosine learning-rate decay). Returns the classifier (eval mode) and its per-step loss."""
-    from tqdm import tqdm
+    from minimagen.metrics import fit_attribute_reader, probe_loss
 
-    from minimagen.data import Shapes
-    from minimagen.metrics import HEADS, probe_loss, scene_targets
+    def batch_loss(classifier, x0, targets, generator):
+        t = torch.randint(schedule.T, (len(x0),), generator=generator)
+        x_t = schedule.q_sample(x0, t, torch.randn(x0.shape, generator=generator))
+        return probe_loss(classifier(x_t, t), targets)
 
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     torch.manual_seed(seed)  # initial weights
     classifier = NoisyClassifier(width=width)
-    data = Shapes(size=64, length=10_000_000, seed=seed)
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr)
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in tqdm(range(steps), desc="classifier", disable=not progress):
-        idx = torch.randint(len(data), (batch_size,), generator=generator).tolist()
-        x0 = torch.stack([data[i][0] for i in idx])  # (B, 3, 64, 64)
-        targets = [scene_targets(data.scene(i)) for i in idx]
-        t = torch.randint(schedule.T, (batch_size,), generator=generator)
-        x_t = schedule.q_sample(x0, t, torch.randn(x0.shape, generator=generator))
-        loss = probe_loss(classifier(x_t, t), {n: torch.stack([tt[n] for tt in targets]) for n in HEADS})
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        decay.step()
-        losses.append(loss.item())
+    losses = fit_attribute_reader(classifier, batch_loss, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                  desc="classifier", progress=progress)
     return classifier.eval(), losses
 
 

@@ -73,9 +73,10 @@ def probe_loss(logits: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
 
 
 @torch.no_grad()
-def attribute_accuracy(probe: AttributeProbe, images: Tensor, scenes: list[Scene]) -> dict[str, float]:
-    """Per head, the fraction of (position, attribute) targets the probe reads correctly."""
-    logits = probe(images)
+def attribute_accuracy(reader, images: Tensor, scenes: list[Scene]) -> dict[str, float]:
+    """Per head, the fraction of (position, attribute) targets read correctly from ``images`` by ``reader``
+    (the probe, or any ``images -> {head: logits}`` callable, e.g. a noisy classifier at a fixed t)."""
+    logits = reader(images)
     targets = [scene_targets(s) for s in scenes]
     result = {}
     for name in HEADS:
@@ -154,12 +155,14 @@ def corrupt(images: Tensor, generator: torch.Generator, blotches: float = 0.3, g
     return noisy.clamp(-1, 1)
 
 
-def train_probe(steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-                progress: bool = True) -> tuple[AttributeProbe, list[float]]:
-    """Train an AttributeProbe on 64 px Shapes renders (AdamW, cosine learning-rate decay); half of
-    every batch is ``corrupt``-ed so that samples with noisy backgrounds are read as well as renders.
+def fit_attribute_reader(model: nn.Module, batch_loss, *, steps: int, batch_size: int, lr: float, seed: int,
+                         desc: str, progress: bool = True) -> list[float]:
+    """The training loop shared by the probe and lesson 06's noisy classifier: draw ``batch_size`` Shapes
+    scenes (64 px renders and their per-position ``scene_targets``), take one AdamW step on
+    ``batch_loss(model, images, targets, generator)``, decay the learning rate on a cosine.
 
-    Returns the probe (eval mode) and its per-step loss. Evaluate it on another seed's scenes.
+    ``generator`` (seeded with ``seed``) draws the scenes and is handed on for any other randomness
+    (corruption, noise levels), so a seed fixes the whole run. Returns the per-step loss.
     """
     from tqdm import tqdm
 
@@ -167,25 +170,41 @@ def train_probe(steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed:
 
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-    torch.manual_seed(seed)  # initial weights
-    probe = AttributeProbe()
     data = Shapes(size=64, length=10_000_000, seed=seed)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     generator = torch.Generator().manual_seed(seed)
     losses = []
-    for _ in tqdm(range(steps), desc="probe", disable=not progress):
+    for _ in tqdm(range(steps), desc=desc, disable=not progress):
         idx = torch.randint(len(data), (batch_size,), generator=generator).tolist()
         images = torch.stack([data[i][0] for i in idx])  # (B, 3, 64, 64)
-        half = batch_size // 2
-        images = torch.cat([images[:half], corrupt(images[half:], generator)])
-        targets = [scene_targets(data.scene(i)) for i in idx]
-        loss = probe_loss(probe(images), {n: torch.stack([t[n] for t in targets]) for n in HEADS})
+        per_scene = [scene_targets(data.scene(i)) for i in idx]
+        targets = {name: torch.stack([t[name] for t in per_scene]) for name in HEADS}
+        loss = batch_loss(model, images, targets, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
+        decay.step()
         losses.append(loss.item())
+    return losses
+
+
+def train_probe(steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
+                progress: bool = True) -> tuple[AttributeProbe, list[float]]:
+    """Train an AttributeProbe on 64 px Shapes renders (AdamW, cosine learning-rate decay); half of
+    every batch is ``corrupt``-ed so that samples with noisy backgrounds are read as well as renders.
+
+    Returns the probe (eval mode) and its per-step loss. Evaluate it on another seed's scenes.
+    """
+    def batch_loss(probe, images, targets, generator):
+        half = len(images) // 2
+        images = torch.cat([images[:half], corrupt(images[half:], generator)])
+        return probe_loss(probe(images), targets)
+
+    torch.manual_seed(seed)  # initial weights
+    probe = AttributeProbe()
+    losses = fit_attribute_reader(probe, batch_loss, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                  desc="probe", progress=progress)
     return probe.eval(), losses
 
 
