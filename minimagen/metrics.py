@@ -5,7 +5,9 @@ alignment: every caption is exact, so a small *probe* network trained on real re
 object's attributes back from an image, and alignment is the fraction of the caption's attributes it
 finds. Fidelity is a Fréchet distance between the probe's features of generated and of real images
 (FID with the probe in place of Inception). ``saturation`` counts pixels pinned at ±1, the symptom
-thresholding is about (Imagen §2.3).
+thresholding is about (Imagen §2.3). For the super-resolution stages, ``sharpness`` (high-frequency
+energy, to compare with bicubic upsampling) and ``downsample_error`` (does the output keep the low-res
+content?) are the two numbers SR3 needs: detail added, content kept.
 """
 
 from __future__ import annotations
@@ -28,6 +30,33 @@ def saturation(images: Tensor, tol: float = 1e-3) -> Tensor:
     if images.ndim != 4:
         raise ValueError(f"images must be [B, C, H, W], got shape {list(images.shape)}")
     return (images.abs() >= 1 - tol).flatten(1).float().mean(1)
+
+
+def sharpness(images: Tensor) -> Tensor:
+    """Mean absolute discrete Laplacian per image ([B]): the energy at the highest spatial frequencies.
+
+    A bicubic upsampling scores far below a real render of the same size (its edges are ramps); an
+    SR stage should close that gap. Compare images of the same size only: the value falls with size.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {list(images.shape)}")
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=images.dtype,
+                          device=images.device)
+    c = images.shape[1]
+    laplacian = F.conv2d(images, kernel.expand(c, 1, 3, 3), groups=c)  # valid: no border artefacts
+    return laplacian.abs().flatten(1).mean(1)
+
+
+def downsample_error(highres: Tensor, lowres: Tensor) -> Tensor:
+    """Root-mean-square difference between ``highres`` area-downsampled to ``lowres``'s size and
+    ``lowres`` ([B]): how well an upsampled image keeps the content it was conditioned on (0 = exactly)."""
+    if highres.ndim != 4 or lowres.ndim != 4 or highres.shape[:2] != lowres.shape[:2]:
+        raise ValueError(f"highres and lowres must be [B, C, H, W] with the same B and C, got "
+                         f"{list(highres.shape)} and {list(lowres.shape)}")
+    if highres.shape[-1] % lowres.shape[-1] or highres.shape[-1] < lowres.shape[-1]:
+        raise ValueError(f"highres size {highres.shape[-1]} must be a multiple of lowres size {lowres.shape[-1]}")
+    down = F.interpolate(highres, size=lowres.shape[-2:], mode="area")
+    return (down - lowres).square().flatten(1).mean(1).sqrt()
 
 
 def scene_targets(scene: Scene) -> dict[str, Tensor]:

@@ -59,3 +59,24 @@ def test_probe_shapes_errors_and_learning():
     assert scores.shape == (4,) and ((0 <= scores) & (scores <= 1)).all()
     with pytest.raises(ValueError, match=r"\[B, 3, 64, 64\]"):
         probe(torch.zeros(1, 3, 32, 32))
+
+
+def test_sharpness_and_downsample_error_tell_real_detail_from_upsampling_and_noise():
+    from minimagen.cascade import upsample
+
+    low = torch.stack([Shapes(size=64, length=4, seed=3, textures=("striped", "checkered"))[i][0] for i in range(4)])
+    high = torch.stack([Shapes(size=256, length=4, seed=3, textures=("striped", "checkered"))[i][0]
+                        for i in range(4)])
+    bicubic = upsample(low, 256)
+    # real detail: the 256 px render has sharper edges and textures than the 64 px one blown up
+    assert (metrics.sharpness(high) > 2 * metrics.sharpness(bicubic)).all()
+    # content: the render and the bicubic upsampling both come back to the 64 px image; noise does not
+    assert metrics.downsample_error(high, low).max() < 0.1
+    assert metrics.downsample_error(bicubic, low).max() < 0.1
+    noisy = (high + torch.randn_like(high)).clamp(-1, 1)
+    assert (metrics.downsample_error(torch.zeros_like(high), low) > 0.3).all()
+    assert (metrics.sharpness(noisy) > metrics.sharpness(high)).all()  # noise is "sharp": keep both numbers
+    with pytest.raises(ValueError, match="multiple"):
+        metrics.downsample_error(torch.zeros(1, 3, 100, 100), torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        metrics.sharpness(torch.zeros(3, 64, 64))
