@@ -374,6 +374,29 @@ def _add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def evaluate_sr(args: argparse.Namespace) -> dict:
+    """``eval sr``: one SR stage against bicubic upsampling and the real renders, written as JSON."""
+    from minimagen.cascade import Imagen
+    from minimagen.checkpoint import atomic_write_bytes
+    from minimagen.evaluate import sr_quality
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    imagen = Imagen.from_pretrained(args.models, device=args.device)
+    result = sr_quality(imagen, args.stage, n=args.n, steps=args.steps, guidance=args.guidance,
+                        aug_level=args.aug_level, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                        precision=args.precision, progress=not args.quiet)
+    for name, value in result.items():
+        print(f"{args.stage}: {name:26s} {value:.4f}")
+    out = pathlib.Path(args.out or f"data/results/{args.stage}.json")
+    record = {"command": args.command_line, "stage": args.stage, "n": args.n, "steps": args.steps,
+              "aug_level": args.aug_level, "device": args.device, "threads": torch.get_num_threads(),
+              "result": {k: round(v, 5) for k, v in result.items()}}
+    atomic_write_bytes(out, (json.dumps(record, indent=2) + "\n").encode())
+    print(f"eval sr: wrote {out}")
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimagen", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -482,6 +505,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bf16: U-Net under bfloat16 autocast, about 2x faster on CPUs with AVX-512 bf16")
         _add_common(p)
         p.set_defaults(func=evaluate_sweep)
+    p = evals.add_parser("sr", help="one SR stage on real low-res renders: sharpness and consistency vs bicubic")
+    p.add_argument("--models", default="data/checkpoints", help="folder with imagen.json (Imagen.save_pretrained)")
+    p.add_argument("--stage", default="sr256", help="the SR stage to measure, e.g. sr256 or sr1024")
+    p.add_argument("--n", type=_positive_int, default=16, help="held-out scenes")
+    p.add_argument("--steps", type=_positive_int, default=25, help="DDIM steps")
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--aug-level", type=int, default=50, help="noise augmentation of the low-res input")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--out", default=None, help="JSON to write (default: data/results/<stage>.json)")
+    _add_common(p)
+    p.set_defaults(func=evaluate_sr)
 
     p = sub.add_parser("export", help="ship a run's EMA weights as fp16 safetensors + JSON model card")
     p.add_argument("run", help="run folder written by `minimagen train`")

@@ -86,6 +86,12 @@ def test_sample_runs_a_saved_cascade_and_writes_every_stage(tmp_path, capsys, ti
     assert "8px -> 16px" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="non-empty prompt"):
         cli.main(["sample", " ", "--models", str(tmp_path / "models")])
+    result = tmp_path / "sr16.json"
+    cli.main(["eval", "sr", "--models", str(tmp_path / "models"), "--stage", "sr16", "--n", "2", "--steps", "2",
+              "--out", str(result), "--quiet"])
+    record = json.loads(result.read_text())
+    assert record["command"].startswith("minimagen eval sr") and record["stage"] == "sr16"
+    assert record["result"]["sharpness_real"] > record["result"]["sharpness_bicubic"]
 
 
 def test_probe_command_ships_a_loadable_probe_with_its_accuracy(tmp_path):

@@ -115,3 +115,20 @@ def test_ddim_with_eta_one_over_all_steps_is_ddpm(tiny_base):
     reference = ddpm_sample(guided_model_fn(stage.unet, text, mask, 1.0), (1, 3, 64, 64), stage.schedule,
                             threshold="static", generator=torch.Generator().manual_seed(3), progress=False)
     torch.testing.assert_close(via_imagen, reference.clamp(-1, 1), atol=1e-4, rtol=0)
+
+
+def test_sr_quality_compares_a_stage_with_bicubic_and_real_renders(tiny_cascade_unet):
+    torch.manual_seed(0)
+    spec = {"kind": "cosine", "T": 20, "max_beta": 0.2}
+    stages = [Stage("base16", tiny_cascade_unet(16, False, 8), spec, 16),
+              Stage("sr32", tiny_cascade_unet(32, True, 8), spec, 32)]
+    imagen = Imagen(FakeTextEncoder(), stages)
+    q = evaluate.sr_quality(imagen, "sr32", n=3, steps=2, batch_size=2, aug_level=5, progress=False)
+    assert set(q) >= {"sharpness_sr", "sharpness_bicubic", "sharpness_real", "downsample_error_sr",
+                      "downsample_error_bicubic", "rmse_to_real_sr", "rmse_to_real_bicubic", "seconds_per_image"}
+    assert q["sharpness_real"] > q["sharpness_bicubic"]  # real renders have detail bicubic cannot invent
+    assert q["downsample_error_bicubic"] < 0.1
+    assert q == evaluate.sr_quality(imagen, "sr32", n=3, steps=2, batch_size=2, aug_level=5, progress=False) | {
+        "seconds_per_image": q["seconds_per_image"]}  # seeded
+    with pytest.raises(ValueError, match="is the base model"):
+        evaluate.sr_quality(imagen, "base16", n=2)
