@@ -29,7 +29,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_unet.py
+	$(BIN)/python bench/bench_sampling.py
 	$(BIN)/python bench/bench_cascade.py
+	$(BIN)/python bench/bench_cascade.py --precision bf16
 
 clean:
 	rm -rf $(VENV) out

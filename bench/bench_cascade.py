@@ -7,7 +7,8 @@ random weights: the figures hold before the SR stages are trained. Compares the 
 issue 5 (at most 3 minutes for one prompt on the 2-core CPU) and each SR forward pass with DESIGN.md's
 reference (a 16-channel SR U-Net without attention: ~1.7 s per 1024x1024 forward pass).
 
-    python bench/bench_cascade.py            # writes bench/results/cascade.json
+    python bench/bench_cascade.py                    # writes bench/results/cascade_fp32.json
+    python bench/bench_cascade.py --precision bf16   # writes bench/results/cascade_bf16.json
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from minimagen.cascade import Imagen, Stage
 from minimagen.unet import PRESETS, UNet, UNetConfig
 
-RESULTS = Path(__file__).resolve().parent / "results" / "cascade.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "cascade_{precision}.json"
 GOAL_S = 180.0  # issue 5: one prompt, default steps, 2-core CPU
 REFERENCE_1024_FORWARD_S = 1.7  # DESIGN.md: 16-channel SR U-Net without attention, one 1024 px pass
 
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--sr256", default="sr-s")
     parser.add_argument("--sr1024", default="sr-xs")
     parser.add_argument("--steps", type=int, nargs=3, default=[50, 25, 25], help="DDIM steps per stage")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="as `minimagen sample --precision`")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
@@ -58,14 +60,14 @@ def main() -> None:
               Stage("sr1024", unet(args.sr1024, 256, True), spec, 1024)]  # built for 256 px crops, run whole
     imagen = Imagen(RandomText(), stages)
     results = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "stages": {}}
+               "torch": torch.__version__, "precision": args.precision, "stages": {}}
     total = 0.0
     images = None
     for k, stage in enumerate(stages):
         # Run the cascade up to stage k, subtracting the stages before it (measured in earlier rounds).
         start = time.perf_counter()
         images = imagen.sample(["a small red striped circle on the left"], guidance=(3.0, 1.0, 1.0),
-                               steps=args.steps, stages=k + 1, progress=False)
+                               steps=args.steps, stages=k + 1, progress=False, precision=args.precision)
         elapsed = time.perf_counter() - start - total
         total += elapsed
         params = sum(p.numel() for p in stage.unet.parameters())
@@ -81,8 +83,10 @@ def main() -> None:
     results["goal_seconds"] = GOAL_S
     print(f"total   {total:.1f} s for one prompt; goal {GOAL_S:.0f} s (ratio {total / GOAL_S:.2f}); "
           f"output {tuple(images[-1].shape)}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    out = Path(str(RESULTS).format(precision=args.precision))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -347,7 +347,7 @@ def evaluate_sweep(args: argparse.Namespace) -> pathlib.Path:
         setting = f"DDIM {args.steps} steps"
     else:
         rows = steps_sweep(imagen, probe, step_counts=args.step_counts, modes=args.modes, guidance=args.guidance,
-                           ddpm=not args.no_ddpm, **common)
+                           ddpm=not args.no_ddpm, ancestral_counts=args.ancestral_steps, **common)
         setting = f"guidance w = {args.guidance:g}"
     wall = time.perf_counter() - start
     comment = (f"{args.command_line}\nmodel {args.model}, probe {args.probe}, {args.n} held-out prompts per row "
@@ -490,7 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
         else:
             p = evals.add_parser(what, help="1000-step DDPM against DDIM with fewer steps (fast sampling)")
-            p.add_argument("--step-counts", type=_positive_int, nargs="+", default=[250, 100, 50, 25, 10])
+            p.add_argument("--step-counts", type=_positive_int, nargs="*", default=[250, 100, 50, 25, 10],
+                           help="DDIM step counts (none: only ancestral rows)")
+            p.add_argument("--ancestral-steps", type=_positive_int, nargs="*", default=[],
+                           help="extra ancestral (eta = 1) rows at these step counts, besides the T-step DDPM row")
             p.add_argument("--modes", nargs="+", choices=["none", "static", "dynamic"], default=["static", "dynamic"])
             p.add_argument("--guidance", type=float, default=3.0)
             p.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM rows")

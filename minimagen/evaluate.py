@@ -174,12 +174,18 @@ DDIM_STEPS = (250, 100, 50, 25, 10)  # the step counts lesson 08 compares with 1
 
 def steps_sweep(imagen, probe: AttributeProbe, *, n: int = 256, step_counts: Iterable[int] = DDIM_STEPS,
                 modes: Iterable[str] = ("static", "dynamic"), guidance: float = 3.0, ddpm: bool = True,
-                seed: int = 0, prompt_seed: int = EVAL_SEED, max_objects: int = 2, batch_size: int = 64,
-                device: str = "cpu", progress: bool = True, precision: str = "fp32") -> list[Measurement]:
+                ancestral_counts: Iterable[int] = (), seed: int = 0, prompt_seed: int = EVAL_SEED,
+                max_objects: int = 2, batch_size: int = 64, device: str = "cpu", progress: bool = True,
+                precision: str = "fp32") -> list[Measurement]:
     """Fast sampling (DDIM §5): ancestral DDPM over all T steps against DDIM with fewer steps, for each
-    thresholding mode, at one guidance weight; the same prompts and starting noise throughout."""
+    thresholding mode, at one guidance weight; the same prompts and starting noise throughout.
+
+    ``ancestral_counts`` adds ancestral rows (DDIM with eta = 1, sampler "ddpm") at fewer than T steps,
+    to tell the effect of the number of steps from that of the fresh noise DDPM adds at each step.
+    """
     T = imagen.stages[0].schedule.T
-    settings = [(float(guidance), mode, T, "ddpm") for mode in modes] if ddpm else []
+    ancestral = ([T] if ddpm else []) + [int(k) for k in ancestral_counts if int(k) != T]
+    settings = [(float(guidance), mode, k, "ddpm") for k in ancestral for mode in modes]
     settings += [(float(guidance), mode, int(k), "ddim") for k in step_counts for mode in modes]
     return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, max_objects=max_objects,
                          batch_size=batch_size, device=device, progress=progress, precision=precision)
@@ -304,7 +310,8 @@ def plot_sweep(rows: Sequence[Measurement], title: str | None = None):
     pareto.set_title("alignment vs fidelity; labels: guidance weight w")
     pareto.legend(fontsize=8)
     sat.set_xlabel("guidance weight w")
-    sat.set_ylabel("saturated pixels (% at ±1)")
+    sat.set_yscale("log")  # the modes differ by orders of magnitude
+    sat.set_ylabel("saturated pixels (% at ±1, log scale)")
     sat.set_title("saturation vs guidance weight")
     sat.legend(fontsize=8)
     if title:
@@ -314,30 +321,35 @@ def plot_sweep(rows: Sequence[Measurement], title: str | None = None):
 
 
 def plot_steps(rows: Sequence[Measurement], title: str | None = None):
-    """Lesson 08's figure: alignment and Fréchet distance against the number of sampling steps, one line
-    per thresholding mode for DDIM, DDPM's T-step result as a horizontal band (± one standard error)."""
+    """Lesson 08's figure: alignment and Fréchet distance against the number of sampling steps, one line per
+    sampler and thresholding mode (DDIM solid, ancestral DDPM-style dashed); the T-step DDPM result also
+    as a band (± one standard error) across the alignment panel."""
     import matplotlib.pyplot as plt
 
     fig, (align, fd) = plt.subplots(1, 2, figsize=(11, 4))
     colours = {"none": "tab:red", "static": "tab:orange", "dynamic": "tab:blue"}
+    T = max((r.steps for r in rows if r.sampler == "ddpm"), default=None)
     for mode in THRESHOLD_MODES:
-        ddim = sorted((r for r in rows if r.threshold == mode and r.sampler == "ddim"), key=lambda r: r.steps)
-        if ddim:
-            align.errorbar([r.steps for r in ddim], [r.alignment for r in ddim], yerr=[r.alignment_se for r in ddim],
-                           marker="o", ms=4, capsize=2, color=colours[mode], label=f"DDIM, {mode} thresholding")
-            fd.plot([r.steps for r in ddim], [r.frechet for r in ddim], marker="o", ms=4, color=colours[mode],
-                    label=f"DDIM, {mode} thresholding")
-        for r in (r for r in rows if r.threshold == mode and r.sampler == "ddpm"):
-            align.axhspan(r.alignment - r.alignment_se, r.alignment + r.alignment_se, color=colours[mode], alpha=0.2,
-                          label=f"DDPM {r.steps} steps, {mode}")
-            fd.axhline(r.frechet, color=colours[mode], ls="--", label=f"DDPM {r.steps} steps, {mode}")
+        for sampler, style, marker in (("ddim", "-", "o"), ("ddpm", "--", "s")):
+            mine = sorted((r for r in rows if r.threshold == mode and r.sampler == sampler), key=lambda r: r.steps)
+            if not mine:
+                continue
+            label = f"{'DDIM (eta = 0)' if sampler == 'ddim' else 'ancestral (eta = 1)'}, {mode}"
+            align.errorbar([r.steps for r in mine], [r.alignment for r in mine], yerr=[r.alignment_se for r in mine],
+                           marker=marker, ms=4, capsize=2, ls=style, color=colours[mode], label=label)
+            fd.plot([r.steps for r in mine], [r.frechet for r in mine], marker=marker, ms=4, ls=style,
+                    color=colours[mode], label=label)
+            for r in (r for r in mine if sampler == "ddpm" and r.steps == T):
+                align.axhspan(r.alignment - r.alignment_se, r.alignment + r.alignment_se, color=colours[mode],
+                              alpha=0.15)
+                fd.axhline(r.frechet, color=colours[mode], ls=":", lw=0.8)
     for ax in (align, fd):
         ax.set_xscale("log")
-        ax.set_xlabel("sampling steps (model calls)")
+        ax.set_xlabel("sampling steps (U-Net calls per image)")
         ax.legend(fontsize=7)
     align.set_ylabel("alignment (fraction of caption attributes read back)")
     fd.set_ylabel("Fréchet distance to real renders (lower is better)")
-    align.set_title("alignment vs steps")
+    align.set_title(f"alignment vs steps (bands: DDPM with all {T} steps, ± 1 SE)" if T else "alignment vs steps")
     fd.set_title("fidelity vs steps")
     if title:
         fig.suptitle(title, fontsize=10)

@@ -101,7 +101,11 @@ def test_steps_sweep_puts_ddpm_first_and_records_the_sampler(tmp_path, tiny_base
     back = evaluate.read_csv(evaluate.write_csv(rows, tmp_path / "steps.csv"))
     assert [r.sampler for r in back] == ["ddpm", "ddim", "ddim"]
     fig = evaluate.plot_steps(rows)
-    assert fig.axes[0].get_xlabel() == "sampling steps (model calls)"
+    assert fig.axes[0].get_xlabel() == "sampling steps (U-Net calls per image)"
+    ancestral = evaluate.steps_sweep(tiny_base, probe, n=2, step_counts=[], ancestral_counts=[10, 100],
+                                     modes=["static"], progress=False)
+    assert [(r.sampler, r.steps) for r in ancestral] == [("ddpm", 100), ("ddpm", 10)]  # T once, then the rest
+    evaluate.plot_steps(rows + ancestral)
 
 
 def test_ddim_with_eta_one_over_all_steps_is_ddpm(tiny_base):
