@@ -349,7 +349,7 @@ def plot_steps(rows: Sequence[Measurement], title: str | None = None):
         ax.legend(fontsize=7)
     align.set_ylabel("alignment (fraction of caption attributes read back)")
     fd.set_ylabel("Fréchet distance to real renders (lower is better)")
-    align.set_title(f"alignment vs steps (bands: DDPM with all {T} steps, ± 1 SE)" if T else "alignment vs steps")
+    align.set_title(f"alignment vs steps (bands: DDPM {T}, ± 1 SE)" if T else "alignment vs steps")
     fd.set_title("fidelity vs steps")
     if title:
         fig.suptitle(title, fontsize=10)
