@@ -162,7 +162,8 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)  # initial weights; every later draw comes from the trainer's generator
     unet_config = UNetConfig(
         image_size=crop or size, text_dim=encoder.dim, skip_scale=2**-0.5, efficient_updown=True,
-        lowres_channels=3 if low else 0, aug_level_conditioning=bool(low), **PRESETS[args.unet],
+        lowres_channels=3 if low else 0, aug_level_conditioning=bool(low),
+        prediction=args.prediction or ("v" if low else "eps"), **PRESETS[args.unet],
     )
     model = UNet(unet_config)
     schedule = schedule_from_spec({"kind": args.schedule, "T": args.T, "max_beta": args.max_beta})
@@ -177,13 +178,13 @@ def train(args: argparse.Namespace) -> None:
     )
     trainer = Trainer(
         model, data, schedule, config, args.out, text_encoder=encoder, device=args.device,
-        extra_metadata=_train_metadata(args),
+        extra_metadata=_train_metadata(args), workers=args.workers,
     )
     if trainer.resume():
         print(f"train: resumed {args.out} at step {trainer.step}")
     print(f"train: {args.stage} U-Net {args.unet}, {model.num_parameters() / 1e6:.2f} M parameters, "
-          f"{args.steps} steps of batch {args.batch_size}")
-    trainer.fit(progress=not args.quiet)
+          f"{args.steps} steps of batch {args.batch_size}, predicting {unet_config.prediction}")
+    trainer.fit(progress=not args.quiet, time_limit=args.time_limit)
 
 
 def export(args: argparse.Namespace) -> None:
@@ -228,10 +229,11 @@ def sample(args: argparse.Namespace) -> list[pathlib.Path]:
         torch.set_num_threads(args.threads)
     imagen = Imagen.from_pretrained(args.models, device=args.device)
     n = len(imagen.stages)
-    guidance = args.guidance if len(args.guidance) > 1 else args.guidance * n
-    steps = args.steps if len(args.steps) > 1 else args.steps * n
+    guidance = args.guidance if args.guidance is None or len(args.guidance) > 1 else args.guidance * n
+    steps = args.steps if args.steps is None or len(args.steps) > 1 else args.steps * n
     start = time.perf_counter()
-    images = imagen.sample(args.prompts, guidance=guidance, steps=steps, threshold=args.threshold,
+    threshold = None if args.threshold == "none" else args.threshold
+    images = imagen.sample(args.prompts, guidance=guidance, steps=steps, threshold=threshold,
                            aug_level=args.aug_level, seed=args.seed, device=args.device, progress=not args.quiet,
                            precision=args.precision)
     out = pathlib.Path(args.out)
@@ -385,12 +387,14 @@ def evaluate_sr(args: argparse.Namespace) -> dict:
     imagen = Imagen.from_pretrained(args.models, device=args.device)
     result = sr_quality(imagen, args.stage, n=args.n, steps=args.steps, guidance=args.guidance,
                         aug_level=args.aug_level, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                        precision=args.precision, progress=not args.quiet)
+                        precision=args.precision, eta=args.eta,
+                        threshold=None if args.threshold == "none" else args.threshold, progress=not args.quiet)
     for name, value in result.items():
         print(f"{args.stage}: {name:26s} {value:.4f}")
     out = pathlib.Path(args.out or f"data/results/{args.stage}.json")
     record = {"command": args.command_line, "stage": args.stage, "n": args.n, "steps": args.steps,
-              "aug_level": args.aug_level, "device": args.device, "threads": torch.get_num_threads(),
+              "aug_level": args.aug_level, "threshold": args.threshold, "eta": args.eta, "device": args.device,
+              "threads": torch.get_num_threads(),
               "result": {k: round(v, 5) for k, v in result.items()}}
     atomic_write_bytes(out, (json.dumps(record, indent=2) + "\n").encode())
     print(f"eval sr: wrote {out}")
@@ -414,9 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="data/checkpoints/imagen", help="folder written by Imagen.save_pretrained")
     p.add_argument("--out", default="out/sample.png", help="PNG of the last stage")
     p.add_argument("--all-stages", action="store_true", help="also write the smaller stages' images")
-    p.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="per stage, or one for all")
-    p.add_argument("--steps", type=_positive_int, nargs="+", default=[50], help="DDIM steps, per stage or one for all")
-    p.add_argument("--threshold", choices=["none", "static", "dynamic"], default="dynamic")
+    p.add_argument("--guidance", type=float, nargs="+", default=None,
+                   help="per stage, or one for all (default: 3 for the base stage, 1 for SR stages)")
+    p.add_argument("--steps", type=_positive_int, nargs="+", default=None,
+                   help="DDIM steps, per stage or one for all (default: 50 for the base stage, 25 for SR stages)")
+    p.add_argument("--threshold", choices=["none", "static", "dynamic"], default="static",
+                   help="static beats dynamic with the shipped base model (data/results/thresholding.csv)")
     p.add_argument("--aug-level", type=int, default=50, help="noise augmentation of the SR stages' inputs")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: U-Nets under bfloat16 autocast, about 2x faster on CPUs with AVX-512 bf16")
@@ -458,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
         "first sampling step is eps's error times ~20,000; 0.2 keeps alpha_bar[T-1] ~ 3e-5, like the linear "
         "schedule, and changes only the last ~10 of 1000 steps",
     )
+    p.add_argument("--prediction", choices=["eps", "v"], default=None,
+                   help="what the U-Net predicts; default eps for the base stage, v for SR stages (an eps model "
+                   "learns x0 at high noise too weakly to keep the low-res content; see minimagen.diffusion)")
+    p.add_argument("--workers", type=int, default=0, help="threads that render each batch's images (0: none)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="stop (with a checkpoint) after this many seconds; run the command again to continue")
     p.add_argument("--encoder", default="minilm")
     p.add_argument("--max-length", type=_positive_int, default=24)
     p.add_argument("--cache-size", type=_positive_int, default=50_000, help="text embeddings kept in memory")
@@ -517,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aug-level", type=int, default=50, help="noise augmentation of the low-res input")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--threshold", choices=["none", "static", "dynamic"], default="static")
+    p.add_argument("--eta", type=float, default=0.0, help="0: DDIM; 1: ancestral sampling (fresh noise each step)")
     p.add_argument("--out", default=None, help="JSON to write (default: data/results/<stage>.json)")
     _add_common(p)
     p.set_defaults(func=evaluate_sr)

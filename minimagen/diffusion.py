@@ -9,6 +9,13 @@ Training step, for a batch of clean images x0:
 
 DDPM found that this unweighted ε-prediction loss trains better than the variational bound; Imagen
 trains all of its U-Nets with it.
+
+A U-Net may instead predict v = sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x0 (Salimans & Ho 2022,
+"Progressive distillation", §4; Imagen Video trains every stage this way). Both carry the same information
+(eps = sqrt(alpha_bar_t) * v + sqrt(1 - alpha_bar_t) * x_t), but they weigh errors differently: with eps,
+an error in the implied x0 costs alpha_bar_t / (1 - alpha_bar_t) times its square, which is ~3e-5 at the
+last timestep, so an eps model never learns what x0 is at high noise; with v it costs 1 + that, never less
+than 1. A super-resolution stage, whose low-res input tells it x0 even at t = T, needs the second.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from torch import Tensor
 
 from minimagen.schedules import NoiseSchedule
 
-__all__ = ["sample_timesteps", "diffusion_loss"]
+__all__ = ["PREDICTIONS", "sample_timesteps", "diffusion_loss", "v_target", "eps_from_v"]
+
+PREDICTIONS = ("eps", "v")  # what a U-Net's output means
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -51,6 +60,24 @@ def sample_timesteps(
     return t.to(device)
 
 
+def _coef(values: Tensor, t: Tensor, x: Tensor) -> Tensor:
+    """values[t] shaped [B, 1, 1, ...] to broadcast against x."""
+    return values.to(x.device)[t].to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def v_target(x0: Tensor, noise: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    """v = sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x0, the target of a v-predicting U-Net."""
+    return (_coef(schedule.sqrt_alphas_cumprod, t, x0) * noise
+            - _coef(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+
+
+def eps_from_v(v: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    """The eps a v prediction implies: sqrt(alpha_bar_t) * v + sqrt(1 - alpha_bar_t) * x_t (exact, since
+    x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps and the two coefficients' squares sum to 1)."""
+    return (_coef(schedule.sqrt_alphas_cumprod, t, x_t) * v
+            + _coef(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t)
+
+
 def diffusion_loss(
     model_fn: ModelFn,
     x0: Tensor,
@@ -60,8 +87,9 @@ def diffusion_loss(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     reduction: Literal["mean", "none"] = "mean",
+    prediction: str = "eps",
 ) -> Tensor:
-    """The ε-prediction mean-squared error L_simple (DDPM eq. 14).
+    """The ε-prediction mean-squared error L_simple (DDPM eq. 14), or its v-prediction twin.
 
     Args:
         model_fn: ``model_fn(x_t, t) -> eps_hat`` of x_t's shape (a U-Net, or a closure over one and
@@ -74,6 +102,7 @@ def diffusion_loss(
         generator: the source of randomness for t and noise.
         reduction: "mean" gives a scalar; "none" gives the per-sample loss [B] (each sample's mean
             over its pixels), e.g. to inspect the loss as a function of t.
+        prediction: "eps" (``model_fn`` predicts the noise) or "v" (it predicts ``v_target``).
 
     Returns:
         scalar tensor, or [B] for reduction="none"; in float32 or wider.
@@ -85,6 +114,8 @@ def diffusion_loss(
     if x0.ndim < 1 or not x0.dtype.is_floating_point:
         raise ValueError(f"x0 must be a floating-point tensor [B, ...]; got dtype {x0.dtype}, "
                          f"shape {list(x0.shape)}")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}; got {prediction!r}")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
     B = x0.shape[0]
@@ -103,6 +134,7 @@ def diffusion_loss(
     # Under mixed precision eps_hat may be float16; square the error in at least float32 so that
     # small errors late in training are not rounded to zero.
     dtype = torch.promote_types(eps_hat.dtype, torch.float32)
-    sq_err = (eps_hat.to(dtype) - noise.to(dtype)) ** 2  # [B, ...]
+    target = noise if prediction == "eps" else v_target(x0, noise, t, schedule)
+    sq_err = (eps_hat.to(dtype) - target.to(dtype)) ** 2  # [B, ...]
     per_sample = sq_err.reshape(B, -1).mean(dim=1)  # [B]
     return per_sample if reduction == "none" else per_sample.mean()

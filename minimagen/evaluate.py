@@ -192,8 +192,8 @@ def steps_sweep(imagen, probe: AttributeProbe, *, n: int = 256, step_counts: Ite
 
 
 def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: float = 1.0, aug_level: int = 50,
-               threshold: str | None = "dynamic", seed: int = 0, prompt_seed: int = EVAL_SEED, batch_size: int = 8,
-               device: str = "cpu", precision: str = "fp32", progress: bool = True) -> dict[str, float]:
+               threshold: str | None = "static", seed: int = 0, prompt_seed: int = EVAL_SEED, batch_size: int = 8,
+               device: str = "cpu", precision: str = "fp32", eta: float = 0.0, progress: bool = True) -> dict[str, float]:
     """How good is one SR stage? Run it on real low-resolution renders of ``n`` held-out scenes and compare
     with bicubic upsampling of the same inputs and with the real high-resolution renders.
 
@@ -204,7 +204,7 @@ def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: fl
     """
     import time
 
-    from minimagen.cascade import upsample
+    from minimagen.cascade import SuperResolutionPairs, upsample
     from minimagen.metrics import downsample_error, sharpness
 
     sr = imagen.stage(stage)
@@ -213,18 +213,17 @@ def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: fl
     low_size = imagen.stages[imagen.stages.index(sr) - 1].size
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1 (number of scenes), got {n!r}")
-    low_scenes = Shapes(size=low_size, length=n, seed=prompt_seed)
-    high_scenes = Shapes(size=sr.size, length=n, seed=prompt_seed)  # the same scenes, rendered larger
+    pairs = SuperResolutionPairs(low_size, sr.size, length=n, seed=prompt_seed)  # each scene at both sizes
     totals: dict[str, float] = {}
     start = time.perf_counter()
     for first in tqdm(range(0, n, batch_size), desc=f"{stage} quality", disable=not progress):
         idx = range(first, min(first + batch_size, n))
-        low = torch.stack([low_scenes[i][0] for i in idx])
-        captions = [low_scenes[i][1] for i in idx]
-        real = torch.stack([high_scenes[i][0] for i in idx])
+        items = [pairs[i] for i in idx]
+        real, low = torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
+        captions = [it[2] for it in items]
         out = imagen.super_resolve(low, captions, stage=stage, guidance=guidance, steps=steps, aug_level=aug_level,
                                    threshold=threshold, seed=seed + first, device=device, progress=False,
-                                   precision=precision).cpu()
+                                   precision=precision, eta=eta).cpu()
         bicubic = upsample(low, sr.size)
         values = {
             "sharpness_sr": sharpness(out), "sharpness_bicubic": sharpness(bicubic), "sharpness_real": sharpness(real),

@@ -39,6 +39,7 @@ def guided_model_fn(
     text: torch.Tensor | None,
     text_mask: torch.Tensor | None,
     w: float = 1.0,
+    schedule=None,
     **unet_kwargs,
 ) -> ModelFn:
     """Close over text and guidance weight: returns ``model_fn(x_t, t) -> eps_hat`` for the samplers.
@@ -46,17 +47,25 @@ def guided_model_fn(
     With ``w != 1`` the conditional and the null-text halves run as one doubled batch (one forward
     pass per step, as Imagen does). ``unet_kwargs`` (e.g. ``lowres``, ``aug_level`` for a
     super-resolution stage) are passed to every call and doubled along with ``x_t``.
+
+    A U-Net that predicts v (``unet.config.prediction == "v"``) needs its ``schedule``: guidance is
+    applied to v (a linear map of eps at fixed x_t and t, so the result is the same) and turned into eps.
     """
     if isinstance(w, bool) or not isinstance(w, (int, float)):
         raise TypeError(f"w must be a number (the guidance weight), got {type(w).__name__}")
     if w < 0:
         raise ValueError(f"w must be >= 0 (w = 1 means no guidance), got {w}")
 
+    prediction = getattr(getattr(unet, "config", None), "prediction", "eps")
+    if prediction == "v" and schedule is None:
+        raise ValueError("this U-Net predicts v (config.prediction == 'v'): pass schedule= so that "
+                         "guided_model_fn can turn v into eps")
+
     def conditional(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return unet(x_t, t, text, text_mask, **unet_kwargs)
 
     if w == 1.0 or text is None:
-        return conditional
+        return _as_eps(conditional, prediction, schedule)
 
     def doubled(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x_t.shape[0]
@@ -73,7 +82,19 @@ def guided_model_fn(
         eps_cond, eps_uncond = eps.chunk(2)  # (B, C, H, W) each
         return cfg(eps_cond, eps_uncond, w)
 
-    return doubled
+    return _as_eps(doubled, prediction, schedule)
+
+
+def _as_eps(model_fn: ModelFn, prediction: str, schedule) -> ModelFn:
+    """``model_fn`` itself for an eps U-Net; for a v U-Net, a wrapper that returns the implied eps."""
+    if prediction == "eps":
+        return model_fn
+    from minimagen.diffusion import eps_from_v
+
+    def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return eps_from_v(model_fn(x_t, t), x_t, t, schedule)
+
+    return eps_fn
 
 
 # -- classifier guidance, for contrast (Dhariwal & Nichol 2021, §4) ----------------------------------------

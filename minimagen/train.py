@@ -21,6 +21,7 @@ import dataclasses
 import json
 import pathlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any, Literal, Sequence
 
@@ -104,6 +105,7 @@ class Trainer:
         device: str | torch.device = "cpu",
         extra_metadata: dict[str, Any] | None = None,
         sample_prompts: Sequence[str] | None = None,
+        workers: int = 0,
     ) -> None:
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
@@ -125,6 +127,11 @@ class Trainer:
         self.step = 0
         self.history: list[tuple[int, float]] = []  # (step, mean loss over the last log_every steps)
         self.wall_time = 0.0  # seconds spent in fit(), summed over resumes
+        if not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+        # Threads that render a batch's items in parallel (numpy drawing releases the GIL); the items and
+        # their order are the same with any number of workers, so results do not depend on it.
+        self._pool = ThreadPoolExecutor(workers) if workers else None
 
     # -- one step -----------------------------------------------------------------------------
     def _learning_rate(self, step: int) -> float:
@@ -133,7 +140,9 @@ class Trainer:
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
         """Images, low-res inputs (an SR dataset's middle item, else None) and captions of one batch."""
         idx = torch.randint(len(self.dataset), (self.config.batch_size,), generator=self.generator)
-        items = [self.dataset[int(i)] for i in idx]
+        indices = [int(i) for i in idx]
+        items = list(self._pool.map(self.dataset.__getitem__, indices)) if self._pool else [
+            self.dataset[i] for i in indices]
         images = torch.stack([item[0] for item in items]).to(self.device)  # (B, 3, H, W)
         lowres = torch.stack([item[1] for item in items]).to(self.device) if len(items[0]) == 3 else None
         return images, lowres, [item[-1] for item in items]
@@ -169,7 +178,8 @@ class Trainer:
         t = torch.randint(self.schedule.T, (b,), generator=self.generator).to(self.device)
         noise = torch.randn(images.shape, generator=self.generator).to(self.device)
         with autocast_context(self.config.precision, self.device):
-            return diffusion_loss(model_fn, images, self.schedule, t=t, noise=noise)
+            return diffusion_loss(model_fn, images, self.schedule, t=t, noise=noise,
+                                  prediction=getattr(getattr(self.model, "config", None), "prediction", "eps"))
 
     def train_step(self) -> float:
         self.model.train()
@@ -196,9 +206,16 @@ class Trainer:
             ema_b.copy_(b)
 
     # -- the loop -----------------------------------------------------------------------------
-    def fit(self, progress: bool = True) -> list[tuple[int, float]]:
-        """Train until ``config.steps``, logging, checkpointing; returns the loss history."""
+    def fit(self, progress: bool = True, time_limit: float | None = None) -> list[tuple[int, float]]:
+        """Train until ``config.steps``, logging, checkpointing; returns the loss history.
+
+        ``time_limit`` (seconds) stops the run early, with a checkpoint, once that much time has passed
+        in this call: calling ``fit`` again (or resuming) continues from there.
+        """
+        if time_limit is not None and time_limit <= 0:
+            raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
         cfg = self.config
+        began = time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not progress, dynamic_ncols=True)
         window: list[float] = []
         start, images_seen = time.perf_counter(), 0
@@ -217,6 +234,10 @@ class Trainer:
                 self._add_wall_time(start)
                 start, images_seen = time.perf_counter(), 0
                 self.save_checkpoint()
+            if time_limit is not None and time.perf_counter() - began > time_limit and self.step < cfg.steps:
+                print(f"train: time limit of {time_limit:g} s reached at step {self.step} of {cfg.steps}; "
+                      "run again to continue")
+                break
         bar.close()
         if window:
             self.history.append((self.step, sum(window) / len(window)))
@@ -235,7 +256,7 @@ class Trainer:
         An SR stage is conditioned on the low-res images of the dataset's first items (one per prompt),
         noised at the fixed ``aug_level``.
         """
-        from minimagen.guidance import guided_model_fn
+        from minimagen.guidance import _as_eps, guided_model_fn
         from minimagen.samplers import ddim_sample
 
         prompts = list(prompts or self.sample_prompts)
@@ -252,11 +273,13 @@ class Trainer:
         if self.text_encoder is None:
             def model_fn(x_t, t):
                 return self.ema(x_t, t, **extra)
+            model_fn = _as_eps(model_fn, getattr(getattr(self.ema, "config", None), "prediction", "eps"),
+                               self.schedule)
             threshold = "static"
         else:
             text, mask = self.text_encoder.encode(prompts)
             model_fn = guided_model_fn(self.ema, text.to(self.device), mask.to(self.device),
-                                       self.config.sample_guidance, **extra)
+                                       self.config.sample_guidance, schedule=self.schedule, **extra)
             threshold = "dynamic"
         return ddim_sample(model_fn, shape, self.schedule, steps=steps, threshold=threshold, device=self.device,
                            generator=torch.Generator().manual_seed(seed), progress=False)
@@ -316,7 +339,8 @@ class Trainer:
                 return False
             path = found[-1]
         tensors, meta = read_safetensors(path, "training")
-        if meta.get("model_config") != _model_config(self.model):
+        stored = meta.get("model_config")
+        if stored is None or _model_config(self.model, stored) != _model_config(self.model):
             raise ValueError(
                 f"checkpoint {str(path)!r} was written for a different model config: "
                 f"{meta.get('model_config')} vs {_model_config(self.model)}"
@@ -353,8 +377,19 @@ def list_checkpoints(out_dir: str | pathlib.Path) -> list[pathlib.Path]:
     return sorted(out_dir.glob(f"{CHECKPOINT_PREFIX}*.safetensors"))
 
 
-def _model_config(model: torch.nn.Module) -> dict[str, Any] | None:
-    """The model's config as it reads back from JSON (tuples become lists), for comparisons."""
+def _model_config(model: torch.nn.Module, stored: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The model's config as it reads back from JSON (tuples become lists), for comparisons.
+
+    With ``stored`` (a config read from a checkpoint), that config instead, with the fields it predates
+    filled in with their defaults, so a checkpoint written before a field existed still compares equal.
+    """
     config = getattr(model, "config", None)
-    return json.loads(json.dumps(config.to_dict())) if hasattr(config, "to_dict") else None
+    if not hasattr(config, "to_dict"):
+        return None
+    if stored is not None:
+        try:
+            config = type(config).from_dict(stored)
+        except (TypeError, ValueError):
+            return stored
+    return json.loads(json.dumps(config.to_dict()))
 

@@ -40,6 +40,7 @@ class UNetConfig:
     efficient_updown: bool = False  # Efficient U-Net: downsample before a level's convs, upsample after
     lowres_channels: int = 0  # >0: a super-resolution U-Net that takes `lowres` (SR3)
     aug_level_conditioning: bool = False  # SR: embed the noise-augmentation level of `lowres` (Imagen §2.4)
+    prediction: str = "eps"  # what the output means: "eps" (the noise) or "v" (see minimagen.diffusion)
 
     def __post_init__(self):
         # JSON gives lists back; the config keeps tuples so that it stays hashable and comparable.
@@ -74,6 +75,8 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.skip_scale must be > 0, got {self.skip_scale}")
         if self.lowres_channels < 0:
             raise ValueError(f"UNetConfig.lowres_channels must be >= 0, got {self.lowres_channels}")
+        if self.prediction not in ("eps", "v"):
+            raise ValueError(f"UNetConfig.prediction must be 'eps' or 'v', got {self.prediction!r}")
         if self.aug_level_conditioning and self.lowres_channels == 0:
             raise ValueError("UNetConfig.aug_level_conditioning needs lowres_channels > 0 (an SR U-Net)")
 

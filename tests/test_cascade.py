@@ -105,6 +105,9 @@ def test_super_resolve_checks_the_input_size_and_runs_one_stage(tiny_cascade):
     assert out.shape == (2, 3, 16, 16) and out.abs().max() <= 1
     again = imagen.super_resolve(low, ["a red circle", "a blue square"], stage="sr16", steps=2, progress=False)
     torch.testing.assert_close(out, again)
+    ancestral = imagen.super_resolve(low, ["a red circle", "a blue square"], stage="sr16", steps=2, progress=False,
+                                     eta=1.0)
+    assert ancestral.shape == out.shape and not torch.equal(ancestral, out)  # fresh noise at each step
     with pytest.raises(ValueError, match=r"image size 16x16 does not match stage 'sr16' \(expects 8x8 inputs"):
         imagen.super_resolve(torch.zeros(2, 3, 16, 16), ["a", "b"], stage="sr16", progress=False)
     with pytest.raises(ValueError, match="no stage named 'sr256'"):
@@ -135,3 +138,13 @@ def test_bf16_sampling_stays_close_to_fp32_and_precision_is_checked(tiny_cascade
     with pytest.raises(ValueError, match="precision must be one of"):
         tiny_cascade.super_resolve(torch.zeros(2, 3, 8, 8), prompts, stage="sr16", steps=2, progress=False,
                                    precision="half")
+
+
+def test_default_guidance_and_steps_are_per_stage(tiny_cascade):
+    prompts = ["a red circle"]
+    default = tiny_cascade.sample(prompts, progress=False)
+    explicit = tiny_cascade.sample(prompts, guidance=(3.0, 1.0, 1.0), steps=(50, 25, 25), threshold="static",
+                                   progress=False)
+    for a, b in zip(default, explicit):
+        torch.testing.assert_close(a, b)
+    assert len(tiny_cascade.sample(prompts, stages=2, progress=False)) == 2  # the defaults cut to the stages run

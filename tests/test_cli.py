@@ -124,11 +124,13 @@ def tiny_preset(monkeypatch):
 def test_train_sr_stage_on_crops_then_export(tmp_path, tiny_preset):
     run = tmp_path / "sr"
     cli.main(["train", "--stage", "sr256", "--crop", "16", "--out", str(run), "--unet", "tiny", "--steps", "2",
-              "--batch-size", "2", "--sample-every", "2", "--quiet", "--threads", "1", "--precision", "bf16"])
+              "--batch-size", "2", "--sample-every", "2", "--quiet", "--threads", "1", "--precision", "bf16",
+              "--workers", "2", "--time-limit", "600"])
     dest = tmp_path / "sr256.safetensors"
     cli.main(["export", str(run), str(dest)])
     unet, header = load_unet(dest)
     assert unet.config.lowres_channels == 3 and unet.config.aug_level_conditioning
+    assert unet.config.prediction == "v"  # the default for SR stages
     assert unet.config.image_size == 16 and header["size"] == 256 and header["stage"] == "sr256"
     card = json.loads(dest.with_suffix(".json").read_text())
     assert card["data"]["low_size"] == 64 and card["data"]["crop"] == 16

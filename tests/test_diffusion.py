@@ -108,3 +108,31 @@ def test_diffusion_loss_errors(schedule):
         diffusion_loss(None, x0, schedule)
     with pytest.raises(TypeError, match="x0"):
         diffusion_loss(zero, x0.tolist(), schedule)
+
+
+def test_v_target_and_eps_from_v_invert_each_other(schedule):
+    from minimagen.diffusion import eps_from_v, v_target
+
+    x0, eps = _images(1), torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0, 1, 10, 40, 60, 90, 98, 99])
+    x_t = schedule.q_sample(x0, t, eps)
+    v = v_target(x0, eps, t, schedule)
+    torch.testing.assert_close(eps_from_v(v, x_t, t, schedule), eps, rtol=1e-5, atol=1e-5)
+    # v is eps at t -> 0 (alpha_bar -> 1) and -x0 at high noise
+    ab = schedule.alphas_cumprod[t].reshape(-1, 1, 1, 1).float()
+    torch.testing.assert_close(v, ab.sqrt() * eps - (1 - ab).sqrt() * x0)
+
+
+def test_v_prediction_loss(schedule):
+    from minimagen.diffusion import v_target
+
+    x0, t = _images(3), torch.full((8,), 50)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
+    oracle = lambda x_t, t_: v_target(x0, eps, t_, schedule)  # noqa: E731
+    assert diffusion_loss(oracle, x0, schedule, t=t, noise=eps, prediction="v").item() < 1e-10
+    # an eps oracle is wrong as a v model: the loss is the mean square of the difference
+    eps_oracle = lambda x_t, t_: eps  # noqa: E731
+    expected = (eps - v_target(x0, eps, t, schedule)).square().mean()
+    torch.testing.assert_close(diffusion_loss(eps_oracle, x0, schedule, t=t, noise=eps, prediction="v"), expected)
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        diffusion_loss(oracle, x0, schedule, t=t, noise=eps, prediction="x0")

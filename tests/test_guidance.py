@@ -56,3 +56,32 @@ def test_guidance_weight_is_checked(text_unet):
         guided_model_fn(text_unet, None, None, w=-1.0)
     with pytest.raises(TypeError, match="w must be a number"):
         guided_model_fn(text_unet, None, None, w="3")
+
+
+def test_a_v_unet_is_turned_into_eps_and_needs_its_schedule():
+    from minimagen.diffusion import eps_from_v
+    from minimagen.schedules import NoiseSchedule
+
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(image_size=16, channels=16, channel_mults=(1, 2), blocks_per_level=(1, 1),
+                           self_attention_levels=(False, False), cross_attention_levels=(False, True),
+                           text_dim=8, num_heads=2, prediction="v")).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    schedule = NoiseSchedule.cosine(1000)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    text, mask = torch.randn(2, 4, 8), torch.ones(2, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="predicts v"):
+        guided_model_fn(unet, text, mask, w=2.0)
+    with torch.no_grad():
+        v_c, v_u = unet(x, t, text, mask), unet(x, t)
+        for w in (1.0, 2.0):
+            got = guided_model_fn(unet, text, mask, w=w, schedule=schedule)(x, t)
+            want = eps_from_v(v_c if w == 1.0 else cfg(v_c, v_u, w), x, t, schedule)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_prediction_is_refused():
+    with pytest.raises(ValueError, match="prediction must be 'eps' or 'v'"):
+        UNetConfig(image_size=16, prediction="x0")

@@ -200,3 +200,57 @@ def test_super_resolution_stage_trains_resumes_and_samples(tmp_path):
     resumed.fit(progress=False)
     assert resumed.history == full.history
     assert full.sample(steps=2).shape == (len(full.sample_prompts), 3, 16, 16)
+
+
+def test_render_workers_do_not_change_the_run(tmp_path):
+    serial = make_trainer(tmp_path / "serial", steps=3)
+    serial.fit(progress=False)
+    torch.manual_seed(0)
+    threaded = Trainer(tiny_unet(), serial.dataset, NoiseSchedule.linear(100), serial.config, tmp_path / "threads",
+                       workers=3)
+    threaded.fit(progress=False)
+    assert threaded.history == serial.history
+    with pytest.raises(ValueError, match="workers must be an int >= 0"):
+        Trainer(tiny_unet(), serial.dataset, NoiseSchedule.linear(100), serial.config, tmp_path / "x", workers=-1)
+
+
+def test_time_limit_stops_with_a_checkpoint_and_the_run_continues(tmp_path, capsys):
+    trainer = make_trainer(tmp_path / "run", steps=50)
+    trainer.fit(progress=False, time_limit=1e-9)  # stops after the first step
+    assert trainer.step == 1 and "time limit" in capsys.readouterr().out
+    assert list_checkpoints(tmp_path / "run")[-1].name == "step_00000001.safetensors"
+    again = make_trainer(tmp_path / "run", steps=50)
+    assert again.resume() and again.step == 1
+    with pytest.raises(ValueError, match="time_limit must be > 0"):
+        again.fit(progress=False, time_limit=0)
+
+
+def test_a_checkpoint_from_before_a_config_field_existed_still_resumes(tmp_path):
+    trainer = make_trainer(tmp_path / "old", steps=3)
+    trainer.fit(progress=False)
+    path = list_checkpoints(tmp_path / "old")[-1]
+    tensors, meta = ckpt.read_safetensors(path, "training")
+    del meta["model_config"]["prediction"]  # as written before UNetConfig.prediction was added
+    header = {k: json.dumps(v) for k, v in meta.items()}
+    header[ckpt.FORMAT_KEY] = "training"
+    ckpt.atomic_save_safetensors(tensors, path, header)
+    assert make_trainer(tmp_path / "old", steps=6).resume()
+
+
+def test_a_v_predicting_sr_stage_trains_and_samples(tmp_path):
+    from minimagen.cascade import SuperResolutionPairs
+
+    torch.manual_seed(0)
+    encoder = FakeTextEncoder()
+    model = UNet(UNetConfig(image_size=16, channels=16, channel_mults=(1, 2), blocks_per_level=(1, 1),
+                            self_attention_levels=(False, False), cross_attention_levels=(False, True),
+                            text_dim=encoder.dim, num_heads=2, lowres_channels=3, aug_level_conditioning=True,
+                            prediction="v"))
+    pairs = SuperResolutionPairs(low_size=8, high_size=32, crop=16, length=64, seed=1, max_objects=1)
+    config = TrainConfig(steps=30, batch_size=4, lr=2e-3, warmup_steps=2, log_every=10, checkpoint_every=0,
+                         max_aug_level=50, seed=3)
+    trainer = Trainer(model, pairs, NoiseSchedule.linear(100), config, tmp_path, text_encoder=encoder)
+    history = trainer.fit(progress=False)
+    assert history[-1][1] < history[0][1]
+    x = trainer.sample(steps=2)
+    assert x.shape == (len(trainer.sample_prompts), 3, 16, 16) and torch.isfinite(x).all()
