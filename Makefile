@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make sample   install into .venv, then sample images from text with the shipped models
+#   make sample   install into .venv, then text -> 64 -> 256 -> 1024 px with the shipped cascade
 #   make test     install into .venv, then run every test (pytest for tests/, nbval for lessons/)
 #
 # TORCH is installed before the package. The default is the CPU wheel; a GPU user installs the CUDA
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 sample: $(STAMP)
-	$(BIN)/minimagen demo --out out/demo.png
+	$(BIN)/minimagen sample "a small red striped circle on the left" --out out/sample.png --all-stages
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

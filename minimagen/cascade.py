@@ -74,18 +74,27 @@ class SuperResolutionPairs(Dataset):
     def __len__(self) -> int:
         return len(self.high)
 
+    def window(self, index: int) -> tuple[int, int] | None:
+        """Top-left corner ``(y, x)``, in high-res pixels, of item ``index``'s crop (None without ``crop``).
+
+        The window is drawn on the low-res grid, so that it maps onto whole high-res pixels.
+        """
+        if self.crop is None:
+            return None
+        rng = np.random.default_rng([self.seed, index, 1])
+        cells = self.crop // self.factor
+        y, x = (int(v) for v in rng.integers(0, self.low.size - cells + 1, size=2))
+        return y * self.factor, x * self.factor
+
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
         high, caption = self.high[index]  # (3, H, H)
         low, _ = self.low[index]  # (3, H/f, H/f): the same scene
         if self.crop is None:
             return high, low, caption
-        # a window on the low-res grid, so that it maps onto whole high-res pixels
-        rng = np.random.default_rng([self.seed, index, 1])
-        cells = self.crop // self.factor
-        y, x = (int(v) for v in rng.integers(0, low.shape[-1] - cells + 1, size=2))
-        f = self.factor
-        return (high[:, y * f : (y + cells) * f, x * f : (x + cells) * f],  # (3, crop, crop)
-                low[:, y : y + cells, x : x + cells], caption)  # (3, crop/f, crop/f)
+        y, x = self.window(index)
+        f, c = self.factor, self.crop
+        return (high[:, y : y + c, x : x + c],  # (3, crop, crop)
+                low[:, y // f : (y + c) // f, x // f : (x + c) // f], caption)  # (3, crop/f, crop/f)
 
 
 @dataclass
@@ -168,17 +177,17 @@ class Imagen:
 
     @torch.no_grad()
     def sample(self, prompts: list[str], *, guidance: float | Sequence[float] | None = None,
-               threshold: str | None = "static", steps: int | Sequence[int] | None = None,
+               threshold: str | None = "dynamic", steps: int | Sequence[int] | None = None,
                aug_level: int = 50, seed: int = 0, device: str | torch.device = "cpu",
                progress: bool = True, stages: int | None = None, clamp: bool = True,
                eta: float = 0.0, precision: str = "fp32") -> list[Tensor]:
         """Images of every stage for ``prompts``: a list of [B, 3, size, size] tensors in [-1, 1].
 
         ``guidance`` and ``steps`` (DDIM steps) are per stage, or one value for all (default: w = 3 and 50
-        steps for the base stage, w = 1 and 25 steps for each SR stage). ``threshold`` defaults to "static":
-        with the shipped base model it beats dynamic thresholding at every guidance weight from 3 up
-        (data/results/thresholding.csv, lesson 07); the SR stages' x0 predictions stay inside [-1, 1], so
-        neither mode changes them. ``aug_level`` is the
+        steps for the base stage, w = 1 and 25 steps for each SR stage). ``threshold`` defaults to Imagen's
+        "dynamic"; with the shipped base model "static" is better at every guidance weight from 3 up
+        (data/results/thresholding.csv, lesson 07), so ``minimagen sample`` uses it. The SR stages' x0
+        predictions stay inside [-1, 1], so neither mode changes them. ``aug_level`` is the
         noise-augmentation timestep applied to each SR stage's input; ``seed`` makes the run repeatable.
         ``stages=k`` runs only the first k stages. ``clamp=False`` returns the last stage unclamped
         (e.g. to measure what sampling without thresholding produces); inputs to SR stages are always
@@ -228,7 +237,7 @@ class Imagen:
 
     @torch.no_grad()
     def super_resolve(self, lowres: Tensor, prompts: list[str], *, stage: str, guidance: float = 1.0,
-                      steps: int = 25, aug_level: int = 50, threshold: str | None = "static", seed: int = 0,
+                      steps: int = 25, aug_level: int = 50, threshold: str | None = "dynamic", seed: int = 0,
                       device: str | torch.device = "cpu", progress: bool = True, precision: str = "fp32",
                       eta: float = 0.0) -> Tensor:
         """Run one super-resolution stage on given low-resolution images (e.g. real renders, or another

@@ -221,13 +221,14 @@ def export(args: argparse.Namespace) -> None:
 def sample(args: argparse.Namespace) -> list[pathlib.Path]:
     """Run the whole cascade for one or more prompts and write each stage's images as PNGs."""
     from minimagen.cascade import Imagen
+    from minimagen.checkpoint import SHIPPED_DIR
     from minimagen.plot import save_grid
 
     if not args.prompts or not all(p.strip() for p in args.prompts):
         raise SystemExit("sample: give at least one non-empty prompt")
     if args.threads:
         torch.set_num_threads(args.threads)
-    imagen = Imagen.from_pretrained(args.models, device=args.device)
+    imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
     n = len(imagen.stages)
     guidance = args.guidance if args.guidance is None or len(args.guidance) > 1 else args.guidance * n
     steps = args.steps if args.steps is None or len(args.steps) > 1 else args.steps * n
@@ -384,7 +385,7 @@ def evaluate_sr(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    imagen = Imagen.from_pretrained(args.models, device=args.device)
+    imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
     result = sr_quality(imagen, args.stage, n=args.n, steps=args.steps, guidance=args.guidance,
                         aug_level=args.aug_level, seed=args.seed, batch_size=args.batch_size, device=args.device,
                         precision=args.precision, eta=args.eta,
@@ -415,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="text -> image with a saved cascade (every stage in turn)")
     p.add_argument("prompts", nargs="+", help="one or more prompts, e.g. \"a small red striped circle on the left\"")
-    p.add_argument("--models", default="data/checkpoints/imagen", help="folder written by Imagen.save_pretrained")
+    p.add_argument("--models", default=None,
+                   help="folder written by Imagen.save_pretrained (default: the shipped cascade, data/checkpoints)")
     p.add_argument("--out", default="out/sample.png", help="PNG of the last stage")
     p.add_argument("--all-stages", action="store_true", help="also write the smaller stages' images")
     p.add_argument("--guidance", type=float, nargs="+", default=None,
@@ -522,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)
         p.set_defaults(func=evaluate_sweep)
     p = evals.add_parser("sr", help="one SR stage on real low-res renders: sharpness and consistency vs bicubic")
-    p.add_argument("--models", default="data/checkpoints", help="folder with imagen.json (Imagen.save_pretrained)")
+    p.add_argument("--models", default=None, help="folder with imagen.json (default: the shipped cascade)")
     p.add_argument("--stage", default="sr256", help="the SR stage to measure, e.g. sr256 or sr1024")
     p.add_argument("--n", type=_positive_int, default=16, help="held-out scenes")
     p.add_argument("--steps", type=_positive_int, default=25, help="DDIM steps")

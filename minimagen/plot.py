@@ -35,10 +35,13 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> I
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> pathlib.Path:
-    """Write ``image_grid(images)`` as a PNG, creating the folder; returns the path."""
+    """Write ``image_grid(images)`` as a PNG, creating the folder; returns the path.
+
+    A single image is written as it is (a 1024 px sample gives a 1024×1024 PNG), without the grid's border.
+    """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, nrow).save(path)
+    image_grid(images, nrow, pad=0 if images.shape[0] == 1 else 2).save(path)
     return path
 
 

@@ -143,8 +143,43 @@ def test_bf16_sampling_stays_close_to_fp32_and_precision_is_checked(tiny_cascade
 def test_default_guidance_and_steps_are_per_stage(tiny_cascade):
     prompts = ["a red circle"]
     default = tiny_cascade.sample(prompts, progress=False)
-    explicit = tiny_cascade.sample(prompts, guidance=(3.0, 1.0, 1.0), steps=(50, 25, 25), threshold="static",
+    explicit = tiny_cascade.sample(prompts, guidance=(3.0, 1.0, 1.0), steps=(50, 25, 25), threshold="dynamic",
                                    progress=False)
     for a, b in zip(default, explicit):
         torch.testing.assert_close(a, b)
     assert len(tiny_cascade.sample(prompts, stages=2, progress=False)) == 2  # the defaults cut to the stages run
+
+
+def test_the_shipped_cascade_draws_the_readme_prompt_at_1024(tmp_path):
+    """The README's first command, end to end: a 1024x1024 PNG whose content the probe reads as the prompt."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from minimagen import cli
+    from minimagen.checkpoint import shipped_checkpoint
+    from minimagen.metrics import alignment, load_probe
+
+    prompt = "a small red striped circle on the left"
+    out = tmp_path / "sample.png"
+    cli.main(["sample", prompt, "--out", str(out), "--all-stages", "--quiet", "--threads", "2"])
+    image = np.array(Image.open(out))  # a writable copy
+    assert image.shape == (1024, 1024, 3)
+    assert np.asarray(Image.open(tmp_path / "sample_sr256.png")).shape == (256, 256, 3)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    probe = load_probe(shipped_checkpoint("probe"))
+    assert alignment(probe, F.avg_pool2d(x, 16), [prompt]).item() == 1.0  # position, colour, shape, size
+
+
+def test_crop_window_locates_the_crop_in_both_images():
+    from minimagen.cascade import SuperResolutionPairs
+
+    cropped = SuperResolutionPairs(low_size=16, high_size=64, crop=16, length=8, seed=2)
+    whole = SuperResolutionPairs(low_size=16, high_size=64, length=8, seed=2)
+    assert whole.window(0) is None
+    for i in range(8):
+        (high, low, _), (full_high, full_low, _) = cropped[i], whole[i]
+        y, x = cropped.window(i)
+        assert y % 4 == 0 and x % 4 == 0 and 0 <= y <= 48 and 0 <= x <= 48
+        assert torch.equal(high, full_high[:, y:y + 16, x:x + 16])
+        assert torch.equal(low, full_low[:, y // 4:y // 4 + 4, x // 4:x // 4 + 4])

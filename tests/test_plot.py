@@ -20,3 +20,13 @@ def test_grid_layout(tmp_path):
     assert grid.shape == (2 * 5 + 1, 2 * 5 + 1, 3)
     assert (grid[1:5, 1:5] == 0).all() and (grid[1:5, 6:10] == 255).all() and (grid[6:10, 1:5] == 0).all()
     assert save_grid(images, tmp_path / "a" / "g.png").is_file()
+
+
+def test_a_single_image_is_saved_without_a_border(tmp_path):
+    from PIL import Image
+
+    image = torch.rand(1, 3, 12, 10) * 2 - 1
+    path = save_grid(image, tmp_path / "one.png")
+    saved = np.asarray(Image.open(path))
+    assert saved.shape == (12, 10, 3)
+    np.testing.assert_array_equal(saved, to_uint8(image)[0].numpy())
