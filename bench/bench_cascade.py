@@ -1,9 +1,9 @@
 """How long does text -> 64 -> 256 -> 1024 take on this machine? Per stage, with the shipped stage sizes.
 
-Times one prompt through each stage of the cascade at the default sampling settings of `minimagen
-sample` (DDIM steps per stage, classifier-free guidance on the base stage only, so only the base runs a
-doubled batch). Speed does not depend on the weights, so the U-Nets are built from the presets with
-random weights: the figures hold before the SR stages are trained. Compares the total with the goal of
+Times one prompt through each stage of the shipped cascade (data/checkpoints) at the default sampling
+settings of `minimagen sample` (DDIM steps per stage, classifier-free guidance on the base stage only, so
+only the base runs a doubled batch; static thresholding). `--random-weights` builds the stages from the
+U-Net presets instead (speed does not depend on the weights), to size other presets. Compares the total with the goal of
 issue 5 (at most 3 minutes for one prompt on the 2-core CPU) and each SR forward pass with DESIGN.md's
 reference (a 16-channel SR U-Net without attention: ~1.7 s per 1024x1024 forward pass).
 
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from minimagen.cascade import Imagen, Stage
+from minimagen.checkpoint import SHIPPED_DIR
 from minimagen.unet import PRESETS, UNet, UNetConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cascade_{precision}.json"
@@ -51,23 +52,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs=3, default=[50, 25, 25], help="DDIM steps per stage")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="as `minimagen sample --precision`")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build the stages from --base/--sr256/--sr1024 presets with random weights and random text")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    spec = {"kind": "cosine", "T": 1000, "max_beta": 0.2}
-    stages = [Stage("base64", unet(args.base, 64, False), spec, 64),
-              Stage("sr256", unet(args.sr256, 256, True), spec, 256),
-              Stage("sr1024", unet(args.sr1024, 256, True), spec, 1024)]  # built for 256 px crops, run whole
-    imagen = Imagen(RandomText(), stages)
+    if args.random_weights:
+        spec = {"kind": "cosine", "T": 1000, "max_beta": 0.2}
+        stages = [Stage("base64", unet(args.base, 64, False), spec, 64),
+                  Stage("sr256", unet(args.sr256, 256, True), spec, 256),
+                  Stage("sr1024", unet(args.sr1024, 256, True), spec, 1024)]  # built for 256 px crops, run whole
+        imagen = Imagen(RandomText(), stages)
+    else:
+        imagen = Imagen.from_pretrained(SHIPPED_DIR)
+        stages = imagen.stages
     results = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "precision": args.precision, "stages": {}}
+               "torch": torch.__version__, "precision": args.precision,
+               "weights": "random (presets)" if args.random_weights else "shipped (data/checkpoints)", "stages": {}}
     total = 0.0
     images = None
     for k, stage in enumerate(stages):
         # Run the cascade up to stage k, subtracting the stages before it (measured in earlier rounds).
         start = time.perf_counter()
         images = imagen.sample(["a small red striped circle on the left"], guidance=(3.0, 1.0, 1.0),
-                               steps=args.steps, stages=k + 1, progress=False, precision=args.precision)
+                               steps=args.steps, stages=k + 1, threshold="static", progress=False,
+                               precision=args.precision)
         elapsed = time.perf_counter() - start - total
         total += elapsed
         params = sum(p.numel() for p in stage.unet.parameters())
