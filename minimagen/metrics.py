@@ -32,19 +32,23 @@ def saturation(images: Tensor, tol: float = 1e-3) -> Tensor:
     return (images.abs() >= 1 - tol).flatten(1).float().mean(1)
 
 
+def laplacian(images: Tensor) -> Tensor:
+    """The discrete Laplacian of each channel, [B, C, H-2, W-2] (no padding, so no border artefacts)."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {list(images.shape)}")
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=images.dtype,
+                          device=images.device)
+    c = images.shape[1]
+    return F.conv2d(images, kernel.expand(c, 1, 3, 3), groups=c)
+
+
 def sharpness(images: Tensor) -> Tensor:
     """Mean absolute discrete Laplacian per image ([B]): the energy at the highest spatial frequencies.
 
     A bicubic upsampling scores far below a real render of the same size (its edges are ramps); an
     SR stage should close that gap. Compare images of the same size only: the value falls with size.
     """
-    if images.ndim != 4:
-        raise ValueError(f"images must be [B, C, H, W], got shape {list(images.shape)}")
-    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=images.dtype,
-                          device=images.device)
-    c = images.shape[1]
-    laplacian = F.conv2d(images, kernel.expand(c, 1, 3, 3), groups=c)  # valid: no border artefacts
-    return laplacian.abs().flatten(1).mean(1)
+    return laplacian(images).abs().flatten(1).mean(1)
 
 
 def downsample_error(highres: Tensor, lowres: Tensor) -> Tensor:

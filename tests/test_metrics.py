@@ -80,3 +80,16 @@ def test_sharpness_and_downsample_error_tell_real_detail_from_upsampling_and_noi
         metrics.downsample_error(torch.zeros(1, 3, 100, 100), torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         metrics.sharpness(torch.zeros(3, 64, 64))
+
+
+def test_laplacian_is_zero_on_linear_ramps_and_keeps_shape():
+    y, x = torch.meshgrid(torch.arange(6.0), torch.arange(7.0), indexing="ij")
+    ramp = (0.1 * x + 0.2 * y).expand(2, 3, 6, 7)
+    lap = metrics.laplacian(ramp)
+    assert lap.shape == (2, 3, 4, 5)
+    torch.testing.assert_close(lap, torch.zeros_like(lap), atol=1e-6, rtol=0)
+    spike = torch.zeros(1, 1, 3, 3)
+    spike[0, 0, 1, 1] = 1.0
+    assert metrics.laplacian(spike).item() == -4.0
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        metrics.laplacian(torch.zeros(3, 4, 4))
