@@ -218,6 +218,11 @@ def export(args: argparse.Namespace) -> None:
     print(f"export: wrote {args.dest} ({model.num_parameters() / 1e6:.2f} M parameters, step {meta['step']})")
 
 
+def _threshold(choice: str) -> str | None:
+    """A ``--threshold`` choice as the samplers take it ("none" means no thresholding)."""
+    return None if choice == "none" else choice
+
+
 def sample(args: argparse.Namespace) -> list[pathlib.Path]:
     """Run the whole cascade for one or more prompts and write each stage's images as PNGs."""
     from minimagen.cascade import Imagen
@@ -233,8 +238,7 @@ def sample(args: argparse.Namespace) -> list[pathlib.Path]:
     guidance = args.guidance if args.guidance is None or len(args.guidance) > 1 else args.guidance * n
     steps = args.steps if args.steps is None or len(args.steps) > 1 else args.steps * n
     start = time.perf_counter()
-    threshold = None if args.threshold == "none" else args.threshold
-    images = imagen.sample(args.prompts, guidance=guidance, steps=steps, threshold=threshold,
+    images = imagen.sample(args.prompts, guidance=guidance, steps=steps, threshold=_threshold(args.threshold),
                            aug_level=args.aug_level, seed=args.seed, device=args.device, progress=not args.quiet,
                            precision=args.precision)
     out = pathlib.Path(args.out)
@@ -389,7 +393,7 @@ def evaluate_sr(args: argparse.Namespace) -> dict:
     result = sr_quality(imagen, args.stage, n=args.n, steps=args.steps, guidance=args.guidance,
                         aug_level=args.aug_level, seed=args.seed, batch_size=args.batch_size, device=args.device,
                         precision=args.precision, eta=args.eta,
-                        threshold=None if args.threshold == "none" else args.threshold, progress=not args.quiet)
+                        threshold=_threshold(args.threshold), progress=not args.quiet)
     for name, value in result.items():
         print(f"{args.stage}: {name:26s} {value:.4f}")
     out = pathlib.Path(args.out or f"data/results/{args.stage}.json")

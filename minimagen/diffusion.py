@@ -25,9 +25,9 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from minimagen.schedules import NoiseSchedule
+from minimagen.schedules import NoiseSchedule, _gather
 
-__all__ = ["PREDICTIONS", "sample_timesteps", "diffusion_loss", "v_target", "eps_from_v"]
+__all__ = ["PREDICTIONS", "sample_timesteps", "diffusion_loss", "v_target", "eps_from_v", "prediction_of"]
 
 PREDICTIONS = ("eps", "v")  # what a U-Net's output means
 
@@ -60,22 +60,22 @@ def sample_timesteps(
     return t.to(device)
 
 
-def _coef(values: Tensor, t: Tensor, x: Tensor) -> Tensor:
-    """values[t] shaped [B, 1, 1, ...] to broadcast against x."""
-    return values.to(x.device)[t].to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+def prediction_of(model) -> str:
+    """What ``model``'s output means: its ``config.prediction`` ("eps" or "v"); "eps" for a model without one."""
+    return getattr(getattr(model, "config", None), "prediction", "eps")
 
 
 def v_target(x0: Tensor, noise: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
     """v = sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x0, the target of a v-predicting U-Net."""
-    return (_coef(schedule.sqrt_alphas_cumprod, t, x0) * noise
-            - _coef(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+    return (_gather(schedule.sqrt_alphas_cumprod, t, x0) * noise
+            - _gather(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
 
 
 def eps_from_v(v: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
     """The eps a v prediction implies: sqrt(alpha_bar_t) * v + sqrt(1 - alpha_bar_t) * x_t (exact, since
     x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps and the two coefficients' squares sum to 1)."""
-    return (_coef(schedule.sqrt_alphas_cumprod, t, x_t) * v
-            + _coef(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t)
+    return (_gather(schedule.sqrt_alphas_cumprod, t, x_t) * v
+            + _gather(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t)
 
 
 def diffusion_loss(

@@ -56,7 +56,9 @@ def guided_model_fn(
     if w < 0:
         raise ValueError(f"w must be >= 0 (w = 1 means no guidance), got {w}")
 
-    prediction = getattr(getattr(unet, "config", None), "prediction", "eps")
+    from minimagen.diffusion import prediction_of
+
+    prediction = prediction_of(unet)
     if prediction == "v" and schedule is None:
         raise ValueError("this U-Net predicts v (config.prediction == 'v'): pass schedule= so that "
                          "guided_model_fn can turn v into eps")
@@ -65,7 +67,7 @@ def guided_model_fn(
         return unet(x_t, t, text, text_mask, **unet_kwargs)
 
     if w == 1.0 or text is None:
-        return _as_eps(conditional, prediction, schedule)
+        return as_eps(conditional, prediction, schedule)
 
     def doubled(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x_t.shape[0]
@@ -82,10 +84,10 @@ def guided_model_fn(
         eps_cond, eps_uncond = eps.chunk(2)  # (B, C, H, W) each
         return cfg(eps_cond, eps_uncond, w)
 
-    return _as_eps(doubled, prediction, schedule)
+    return as_eps(doubled, prediction, schedule)
 
 
-def _as_eps(model_fn: ModelFn, prediction: str, schedule) -> ModelFn:
+def as_eps(model_fn: ModelFn, prediction: str, schedule) -> ModelFn:
     """``model_fn`` itself for an eps U-Net; for a v U-Net, a wrapper that returns the implied eps."""
     if prediction == "eps":
         return model_fn

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from minimagen.checkpoint import FORMAT_KEY, atomic_save_safetensors, load_state_strict, read_safetensors
-from minimagen.diffusion import diffusion_loss
+from minimagen.diffusion import diffusion_loss, prediction_of
 from minimagen.schedules import NoiseSchedule
 
 CHECKPOINT_PREFIX = "step_"
@@ -179,7 +179,7 @@ class Trainer:
         noise = torch.randn(images.shape, generator=self.generator).to(self.device)
         with autocast_context(self.config.precision, self.device):
             return diffusion_loss(model_fn, images, self.schedule, t=t, noise=noise,
-                                  prediction=getattr(getattr(self.model, "config", None), "prediction", "eps"))
+                                  prediction=prediction_of(self.model))
 
     def train_step(self) -> float:
         self.model.train()
@@ -256,7 +256,7 @@ class Trainer:
         An SR stage is conditioned on the low-res images of the dataset's first items (one per prompt),
         noised at the fixed ``aug_level``.
         """
-        from minimagen.guidance import _as_eps, guided_model_fn
+        from minimagen.guidance import as_eps, guided_model_fn
         from minimagen.samplers import ddim_sample
 
         prompts = list(prompts or self.sample_prompts)
@@ -273,8 +273,7 @@ class Trainer:
         if self.text_encoder is None:
             def model_fn(x_t, t):
                 return self.ema(x_t, t, **extra)
-            model_fn = _as_eps(model_fn, getattr(getattr(self.ema, "config", None), "prediction", "eps"),
-                               self.schedule)
+            model_fn = as_eps(model_fn, prediction_of(self.ema), self.schedule)
             threshold = "static"
         else:
             text, mask = self.text_encoder.encode(prompts)

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minimagen.diffusion import PREDICTIONS
+
 
 @dataclass
 class UNetConfig:
@@ -75,7 +77,7 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.skip_scale must be > 0, got {self.skip_scale}")
         if self.lowres_channels < 0:
             raise ValueError(f"UNetConfig.lowres_channels must be >= 0, got {self.lowres_channels}")
-        if self.prediction not in ("eps", "v"):
+        if self.prediction not in PREDICTIONS:
             raise ValueError(f"UNetConfig.prediction must be 'eps' or 'v', got {self.prediction!r}")
         if self.aug_level_conditioning and self.lowres_channels == 0:
             raise ValueError("UNetConfig.aug_level_conditioning needs lowres_channels > 0 (an SR U-Net)")
