@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make sample   install into .venv, then text -> 64 -> 256 -> 1024 px with the shipped cascade
 #   make test     install into .venv, then run every test (pytest for tests/, nbval for lessons/)
+#   make lessons  install into .venv (with JupyterLab), then open the lessons in JupyterLab
 #
 # TORCH is installed before the package. The default is the CPU wheel; a GPU user installs the CUDA
 # build of torch that matches their driver into .venv first and runs `make test TORCH=` (skip the pin).
@@ -10,7 +11,9 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install sample test bench clean
+LESSONS_STAMP := $(VENV)/.installed-lessons
+
+.PHONY: install sample test lessons bench clean
 
 install: $(STAMP)
 
@@ -25,6 +28,13 @@ sample: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+$(LESSONS_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,lessons]"
+	touch $(LESSONS_STAMP)
+
+lessons: $(LESSONS_STAMP)
+	$(BIN)/jupyter lab lessons/
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 
+from minimagen import grading
 from minimagen.schedules import schedule_from_spec
 from minimagen.unet import PRESETS
 
@@ -372,6 +373,37 @@ def evaluate_sweep(args: argparse.Namespace) -> pathlib.Path:
     return out
 
 
+def _usage_error(command: str, message: str) -> None:
+    """Bad input: one line on stderr, exit status 2 (argparse's convention), never a traceback."""
+    print(f"minimagen {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def exercises(args: argparse.Namespace) -> int:
+    """``exercises student OUT_DIR``: write the student versions; ``exercises grade PATH...``: grade submissions."""
+    if args.action == "student":
+        try:
+            written = grading.write_student_versions(args.sources or [grading.EXERCISES_DIR], args.out_dir)
+        except (ValueError, OSError) as error:
+            _usage_error("exercises student", str(error))
+        for path in written:
+            print(f"exercises: wrote {path}")
+        return 0
+    if args.time_limit <= 0:
+        _usage_error("exercises grade", f"--time-limit must be > 0 seconds, got {args.time_limit:g}")
+    missing = [p for p in args.paths if not pathlib.Path(p).exists()]
+    if missing:
+        _usage_error("exercises grade", f"no such file or folder: {', '.join(missing)}")
+    rows = grading.grade(args.paths, time_limit=args.time_limit)
+    if not rows:
+        _usage_error("exercises grade", f"no notebook found in {', '.join(args.paths)}")
+    grading.write_table(rows, args.csv, args.markdown)
+    print(grading.markdown_table(rows), end="")
+    passed = sum(r.passed for r in rows)
+    print(f"exercises: {passed} of {len(rows)} checks passed; wrote {args.csv} and {args.markdown}")
+    return 0 if passed == len(rows) else 1
+
+
 def _add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
     """The options every long-running subcommand takes: seed, device, CPU threads, progress bars."""
     p.add_argument("--seed", type=int, default=0)
@@ -542,6 +574,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=evaluate_sr)
 
+    p = sub.add_parser("exercises", help="classroom exercises: write student versions, grade submissions")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("student", help="write the student versions (solutions replaced by stubs)")
+    q.add_argument("out_dir", help="folder to write the student notebooks to")
+    q.add_argument("--from", dest="sources", nargs="+", default=None,
+                   help="solution notebooks or folders (default: the shipped lessons/exercises)")
+    q.set_defaults(func=exercises)
+    q = actions.add_parser("grade", help="run submitted notebooks headless and tabulate every check")
+    q.add_argument("paths", nargs="+", help="submitted notebooks, or folders of them")
+    q.add_argument("--time-limit", type=float, default=180.0, help="seconds each notebook may run (default 180)")
+    q.add_argument("--csv", default="grades.csv", help="table to write (CSV)")
+    q.add_argument("--markdown", default="grades.md", help="the same table as Markdown")
+    q.set_defaults(func=exercises)
+
     p = sub.add_parser("export", help="ship a run's EMA weights as fp16 safetensors + JSON model card")
     p.add_argument("run", help="run folder written by `minimagen train`")
     p.add_argument("dest", help="weights file to write, e.g. data/checkpoints/base64.safetensors")
@@ -556,8 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = "minimagen " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    args.func(args)
-    return 0
+    status = args.func(args)
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,8 @@ def _split(requirement: str) -> tuple[str, str]:
 
 def _pyproject_requirements() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = list(project["dependencies"]) + list(project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    requirements = list(project["dependencies"]) + list(extras["dev"]) + list(extras["lessons"])
     return dict(_split(r) for r in requirements)
 
 
