@@ -34,7 +34,7 @@ $(LESSONS_STAMP): $(STAMP)
 	touch $(LESSONS_STAMP)
 
 lessons: $(LESSONS_STAMP)
-	$(BIN)/jupyter lab lessons/
+	$(BIN)/jupyter lab lessons/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py

@@ -55,3 +55,13 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme
     assert re.search(r"^make test$", ci, flags=re.MULTILINE)
+
+
+def test_make_lessons_installs_jupyterlab_and_opens_the_lessons():
+    makefile = (ROOT / "Makefile").read_text()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("jupyterlab") for r in extras["lessons"])
+    assert 'pip install --quiet -e ".[dev,lessons]"' in makefile
+    assert re.search(r"^lessons: ", makefile, flags=re.MULTILINE)
+    assert "jupyter lab lessons/" in makefile
+    assert "make lessons" in (ROOT / "README.md").read_text()
