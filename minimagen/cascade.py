@@ -23,8 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from minimagen.checkpoint import atomic_write_bytes, load_unet, save_weights
 from minimagen.data import TEXTURES, Shapes
+from minimagen.guidance import guided_model_fn
+from minimagen.samplers import ddim_sample
 from minimagen.schedules import NoiseSchedule, schedule_from_spec
+from minimagen.text import TextEncoder
+from minimagen.train import Trainer
 
 
 def upsample(lowres: Tensor, size: int) -> Tensor:
@@ -97,6 +102,26 @@ class SuperResolutionPairs(Dataset):
                 low[:, y // f : (y + c) // f, x // f : (x + c) // f], caption)  # (3, crop/f, crop/f)
 
 
+class SuperResolutionTrainer(Trainer):
+    """The Trainer for an SR stage on ``SuperResolutionPairs``: each batch's low-res images are upsampled and
+    noised at levels drawn from [0, ``config.max_aug_level``) (noise-conditioning augmentation, Imagen §2.4),
+    and the U-Net is told the level. The sample grids condition on the first items' low-res images at a
+    fixed level."""
+
+    def model_inputs(self, items: list[tuple], size: int) -> dict[str, Tensor]:
+        lowres = torch.stack([item[1] for item in items]).to(self.device)  # (B, 3, h, w)
+        b = lowres.shape[0]
+        aug_level = torch.randint(self.config.max_aug_level, (b,), generator=self.generator).to(self.device)
+        aug_noise = torch.randn((b, 3, size, size), generator=self.generator).to(self.device)
+        return sr_inputs(lowres, size, aug_level, self.schedule, aug_noise)
+
+    def sample_inputs(self, n: int, size: int, seed: int, aug_level: int) -> dict[str, Tensor]:
+        lowres = torch.stack([self.dataset[i][1] for i in range(n)]).to(self.device)
+        level = torch.full((n,), aug_level, device=self.device)
+        noise = torch.randn((n, 3, size, size), generator=torch.Generator().manual_seed(seed + 1)).to(self.device)
+        return sr_inputs(lowres, size, level, self.schedule, noise)
+
+
 @dataclass
 class Stage:
     """One diffusion model of the cascade: its U-Net, its noise schedule and the size it generates."""
@@ -113,6 +138,34 @@ class Stage:
     def is_super_resolution(self) -> bool:
         return self.unet.config.lowres_channels > 0
 
+    @torch.no_grad()
+    def sample(self, text: Tensor, mask: Tensor, *, lowres: Tensor | None = None, guidance: float = 1.0,
+               steps: int = 25, threshold=None, eta: float = 0.0, aug_level: int = 50,
+               generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+               precision: str = "fp32", progress: bool = True) -> Tensor:
+        """DDIM samples [B, 3, size, size] (not clamped) of this stage for encoded captions ``text``/``mask``.
+
+        A super-resolution stage is conditioned on ``lowres`` (the previous stage's images, [B, 3, h, h]),
+        upsampled and noised at the fixed ``aug_level`` (Imagen §2.4); its augmentation noise is drawn from
+        ``generator`` before the sampler draws x_T, so a seed fixes both.
+        """
+        b = text.shape[0]
+        schedule = self.schedule.to(device)
+        extra = {}
+        if self.is_super_resolution:
+            if lowres is None:
+                raise ValueError(f"stage {self.name} is a super-resolution stage: pass lowres=")
+            if not 0 <= aug_level < self.schedule.T:
+                raise ValueError(f"aug_level must be in [0, {self.schedule.T}), got {aug_level}")
+            level = torch.full((b,), aug_level, device=device)
+            noise = torch.randn((b, 3, self.size, self.size), generator=generator).to(device)
+            extra = sr_inputs(lowres.to(device), self.size, level, schedule, noise)
+        elif lowres is not None:
+            raise ValueError(f"stage {self.name} is a base stage: it takes no lowres input")
+        model_fn = _sampling_model_fn(self.unet, text, mask, guidance, precision, device, schedule, **extra)
+        return ddim_sample(model_fn, (b, 3, self.size, self.size), schedule, steps=steps, eta=eta,
+                           threshold=threshold, generator=generator, device=device, progress=progress)
+
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -126,8 +179,6 @@ def _sampling_model_fn(unet: torch.nn.Module, text, mask, w: float, precision: s
     average, ten times less than a small model's own error) and hands eps back in float32, so the
     sampler's arithmetic and thresholding stay in float32.
     """
-    from minimagen.guidance import guided_model_fn
-
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     unet = unet.to(device, memory_format=torch.channels_last).eval()
@@ -195,8 +246,6 @@ class Imagen:
         ``eta=1`` with ``steps=T`` is ancestral DDPM sampling. ``precision="bf16"`` runs the U-Nets under
         bfloat16 autocast (about 2x faster, see ``_sampling_model_fn``).
         """
-        from minimagen.samplers import ddim_sample
-
         n = len(self.stages) if stages is None else stages
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(self.stages):
             raise ValueError(f"stages must be an int in [1, {len(self.stages)}], got {stages!r}")
@@ -210,19 +259,11 @@ class Imagen:
         generator = torch.Generator().manual_seed(seed)
         images: list[Tensor] = []
         for stage, w, k in zip(self.stages[:n], guidance, steps):
-            extra = {}
-            if stage.is_super_resolution:
-                if not 0 <= aug_level < stage.schedule.T:
-                    raise ValueError(f"aug_level must be in [0, {stage.schedule.T}), got {aug_level}")
-                level = torch.full((b,), aug_level, device=device)
-                noise = torch.randn((b, 3, stage.size, stage.size), generator=generator).to(device)
-                extra = sr_inputs(images[-1], stage.size, level, stage.schedule.to(device), noise)
-            model_fn = _sampling_model_fn(stage.unet, text, mask, w, precision, device, stage.schedule.to(device),
-                                          **extra)
             if progress:
                 print(f"stage {stage.name}: {stage.size}×{stage.size}, {k} DDIM steps, guidance w = {w}")
-            x = ddim_sample(model_fn, (b, 3, stage.size, stage.size), stage.schedule.to(device), steps=k, eta=eta,
-                            threshold=threshold, generator=generator, device=device, progress=progress)
+            x = stage.sample(text, mask, lowres=images[-1] if stage.is_super_resolution else None, guidance=w,
+                             steps=k, threshold=threshold, eta=eta, aug_level=aug_level, generator=generator,
+                             device=device, precision=precision, progress=progress)
             images.append(x.clamp(-1, 1))
         if not clamp:
             images[-1] = x
@@ -244,8 +285,6 @@ class Imagen:
         model's samples): [B, 3, h, h] in [-1, 1] with h the previous stage's size -> [B, 3, size, size].
         ``eta`` is DDIM's noise level (0: deterministic; 1: ancestral, fresh noise at every step).
         """
-        from minimagen.samplers import ddim_sample
-
         sr = self.stage(stage)
         if not sr.is_super_resolution:
             raise ValueError(f"stage {stage!r} is the base model; super_resolve needs a super-resolution stage")
@@ -261,21 +300,13 @@ class Imagen:
         text, mask = self.text_encoder.encode(prompts)  # checks the prompts
         if len(prompts) != lowres.shape[0]:
             raise ValueError(f"prompts ({len(prompts)}) and lowres images ({lowres.shape[0]}) must be as many")
-        b = lowres.shape[0]
-        generator = torch.Generator().manual_seed(seed)
-        level = torch.full((b,), aug_level, device=device)
-        noise = torch.randn((b, 3, sr.size, sr.size), generator=generator).to(device)
-        extra = sr_inputs(lowres.to(device).clamp(-1, 1), sr.size, level, sr.schedule.to(device), noise)
-        model_fn = _sampling_model_fn(sr.unet, text.to(device), mask.to(device), guidance, precision, device,
-                                      sr.schedule.to(device), **extra)
-        x = ddim_sample(model_fn, (b, 3, sr.size, sr.size), sr.schedule.to(device), steps=steps, eta=eta,
-                        threshold=threshold, generator=generator, device=device, progress=progress)
+        x = sr.sample(text.to(device), mask.to(device), lowres=lowres.clamp(-1, 1), guidance=guidance, steps=steps,
+                      threshold=threshold, eta=eta, aug_level=aug_level, generator=torch.Generator().manual_seed(seed),
+                      device=device, precision=precision, progress=progress)
         return x.clamp(-1, 1)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write every stage's weights (fp16 + card-less header) and ``imagen.json`` to ``folder``."""
-        from minimagen.checkpoint import atomic_write_bytes, save_weights
-
         folder = pathlib.Path(folder)
         for stage in self.stages:
             save_weights(stage.unet, folder / f"{stage.name}.safetensors", stage.unet.config.to_dict(),
@@ -287,19 +318,20 @@ class Imagen:
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, text_encoder=None, device: str = "cpu") -> "Imagen":
         """Load a cascade written by ``save_pretrained`` (the text encoder is loaded by name unless given)."""
-        from minimagen.checkpoint import load_unet
-
         folder = pathlib.Path(folder)
         index_path = folder / "imagen.json"
         if not index_path.is_file():
             raise ValueError(f"{str(folder)!r} has no imagen.json: not a folder written by Imagen.save_pretrained")
-        index = json.loads(index_path.read_text())
+        try:
+            index = json.loads(index_path.read_text())
+            encoder_name, max_length, names = index["text"]["encoder"], index["text"]["max_length"], index["stages"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{str(index_path)!r} is not a valid cascade index (expected JSON with 'text' "
+                             f"{{'encoder', 'max_length'}} and 'stages'): {err}") from err
         if text_encoder is None:
-            from minimagen.text import TextEncoder
-
-            text_encoder = TextEncoder(index["text"]["encoder"], max_length=index["text"]["max_length"], device=device)
+            text_encoder = TextEncoder(encoder_name, max_length=max_length, device=device)
         stages = []
-        for name in index["stages"]:
+        for name in names:
             unet, header = load_unet(folder / f"{name}.safetensors")
             stages.append(Stage(name, unet, header["schedule"], int(header["size"])))
         return cls(text_encoder, stages)

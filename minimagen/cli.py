@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from minimagen import grading
+from minimagen.checkpoint import SHIPPED_DIR
 from minimagen.schedules import schedule_from_spec
 from minimagen.unet import PRESETS
 
@@ -37,8 +38,29 @@ DEMO_UNET = dict(
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, ``minimagen <command>: error: ...``, and exit status 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
@@ -125,10 +147,10 @@ def _stage_shapes(args: argparse.Namespace) -> tuple[int, int | None, int | None
     if args.stage == "base":
         return args.image_size or size, None, None
     if args.image_size not in (None, size):
-        raise SystemExit(f"train: --image-size is fixed at {size} for --stage {args.stage} (use --crop to train on windows)")
+        raise ValueError(f"--image-size is fixed at {size} for --stage {args.stage} (use --crop to train on windows)")
     crop = args.crop or crop
     if crop is not None and (crop > size or crop % (size // low)):
-        raise SystemExit(f"train: --crop must be a multiple of {size // low} up to {size}, got {crop}")
+        raise ValueError(f"--crop must be a multiple of {size // low} up to {size}, got {crop}")
     return size, low, crop
 
 
@@ -154,7 +176,7 @@ def train(args: argparse.Namespace) -> None:
     from minimagen.train import TrainConfig, Trainer
     from minimagen.unet import UNet, UNetConfig
 
-    from minimagen.cascade import SuperResolutionPairs
+    from minimagen.cascade import SuperResolutionPairs, SuperResolutionTrainer
 
     size, low, crop = _stage_shapes(args)
     if args.threads:
@@ -177,7 +199,8 @@ def train(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every, ema_decay=args.ema_decay, sample_every=args.sample_every,
         max_aug_level=min(args.max_aug_level, args.T), precision=args.precision,
     )
-    trainer = Trainer(
+    trainer_class = Trainer if low is None else SuperResolutionTrainer
+    trainer = trainer_class(
         model, data, schedule, config, args.out, text_encoder=encoder, device=args.device,
         extra_metadata=_train_metadata(args), workers=args.workers,
     )
@@ -196,7 +219,7 @@ def export(args: argparse.Namespace) -> None:
 
     found = list_checkpoints(args.run)
     if not found:
-        raise SystemExit(f"export: no checkpoint in {args.run!r}")
+        raise ValueError(f"no checkpoint in {args.run!r} (expected a run folder written by `minimagen train`)")
     tensors, meta = read_safetensors(found[-1], "training")
     model = UNet(UNetConfig.from_dict(meta["model_config"]))
     load_state_strict(model, {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}, found[-1])
@@ -227,11 +250,10 @@ def _threshold(choice: str) -> str | None:
 def sample(args: argparse.Namespace) -> list[pathlib.Path]:
     """Run the whole cascade for one or more prompts and write each stage's images as PNGs."""
     from minimagen.cascade import Imagen
-    from minimagen.checkpoint import SHIPPED_DIR
     from minimagen.plot import save_grid
 
     if not args.prompts or not all(p.strip() for p in args.prompts):
-        raise SystemExit("sample: give at least one non-empty prompt")
+        raise ValueError("give at least one non-empty prompt")
     if args.threads:
         torch.set_num_threads(args.threads)
     imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
@@ -297,7 +319,7 @@ def classifier(args: argparse.Namespace) -> dict:
     """Train the noisy classifier for classifier guidance; measure it on held-out scenes at several t."""
     from minimagen.checkpoint import save_weights
     from minimagen.data import Shapes
-    from minimagen.guidance import train_noisy_classifier
+    from minimagen.classifier import train_noisy_classifier
     from minimagen.metrics import attribute_accuracy
 
     if args.threads:
@@ -439,8 +461,9 @@ def evaluate_sr(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minimagen", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="minimagen", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo", help="train a small model on Shapes and write a grid of samples")
     p.add_argument("--out", default="out/demo.png", help="PNG file to write")
@@ -456,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder written by Imagen.save_pretrained (default: the shipped cascade, data/checkpoints)")
     p.add_argument("--out", default="out/sample.png", help="PNG of the last stage")
     p.add_argument("--all-stages", action="store_true", help="also write the smaller stages' images")
-    p.add_argument("--guidance", type=float, nargs="+", default=None,
+    p.add_argument("--guidance", type=_non_negative_float, nargs="+", default=None,
                    help="per stage, or one for all (default: 3 for the base stage, 1 for SR stages)")
     p.add_argument("--steps", type=_positive_int, nargs="+", default=None,
                    help="DDIM steps, per stage or one for all (default: 50 for the base stage, 25 for SR stages)")
@@ -535,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     for what in ("thresholding", "steps"):
         if what == "thresholding":
             p = evals.add_parser(what, help="guidance weight x thresholding mode sweep (Imagen Fig. A.9)")
-            p.add_argument("--weights", type=float, nargs="+", default=[1, 1.25, 1.5, 1.75, 2, 3, 4, 5, 6, 8, 10])
+            p.add_argument("--weights", type=_non_negative_float, nargs="+",
+                           default=[1, 1.25, 1.5, 1.75, 2, 3, 4, 5, 6, 8, 10])
             p.add_argument("--modes", nargs="+", choices=["none", "static", "dynamic"],
                            default=["none", "static", "dynamic"])
             p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
@@ -546,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--ancestral-steps", type=_positive_int, nargs="*", default=[],
                            help="extra ancestral (eta = 1) rows at these step counts, besides the T-step DDPM row")
             p.add_argument("--modes", nargs="+", choices=["none", "static", "dynamic"], default=["static", "dynamic"])
-            p.add_argument("--guidance", type=float, default=3.0)
+            p.add_argument("--guidance", type=_non_negative_float, default=3.0)
             p.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM rows")
         p.add_argument("--model", default="data/checkpoints/base64.safetensors", help="base model weights")
         p.add_argument("--probe", default="data/checkpoints/probe.safetensors")
@@ -564,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="sr256", help="the SR stage to measure, e.g. sr256 or sr1024")
     p.add_argument("--n", type=_positive_int, default=16, help="held-out scenes")
     p.add_argument("--steps", type=_positive_int, default=25, help="DDIM steps")
-    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--guidance", type=_non_negative_float, default=1.0)
     p.add_argument("--aug-level", type=int, default=50, help="noise augmentation of the low-res input")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -598,11 +622,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_paths(args: argparse.Namespace) -> list[str]:
+    """The files a command will write, checked before any work: none may be an existing folder."""
+    names = ("out", "figure", "csv", "markdown", "save") if args.command != "train" else ()
+    return [getattr(args, n) for n in names if isinstance(getattr(args, n, None), str)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = "minimagen " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    status = args.func(args)
+    command = " ".join(filter(None, (args.command, getattr(args, "what", None), getattr(args, "action", None))))
+    try:
+        for path in _output_paths(args):
+            if pathlib.Path(path).is_dir():
+                raise ValueError(f"{path!r} is a folder; expected a file name to write")
+        status = args.func(args)
+    except (ValueError, TypeError, OSError, KeyError) as error:
+        # The library's errors name the argument and what it expected; here they become one line.
+        if args.debug:
+            raise
+        message = str(error) if not isinstance(error, KeyError) else f"missing entry {error}"
+        print(f"minimagen {command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
     return status if isinstance(status, int) else 0
 
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from minimagen.checkpoint import load_state_strict, read_weights
 from minimagen.data import BACKGROUND, COLOURS, POSITIONS, SHAPES, SIZES, Scene, parse_caption
 
 # What the probe reads at each position: is there an object, and if so its colour, shape and size.
@@ -234,8 +235,9 @@ def train_probe(steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed:
         images = torch.cat([images[:half], corrupt(images[half:], generator)])
         return probe_loss(probe(images), targets)
 
-    torch.manual_seed(seed)  # initial weights
-    probe = AttributeProbe()
+    with torch.random.fork_rng(devices=[]):  # the initial weights, without touching the caller's global RNG
+        torch.manual_seed(seed)
+        probe = AttributeProbe()
     losses = fit_attribute_reader(probe, batch_loss, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                                   desc="probe", progress=progress)
     return probe.eval(), losses
@@ -243,8 +245,6 @@ def train_probe(steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed:
 
 def load_probe(path) -> AttributeProbe:
     """Load a probe written by ``minimagen probe`` (fp16 on disk, float32 in memory), in eval mode."""
-    from minimagen.checkpoint import load_state_strict, read_weights
-
     state, header = read_weights(path)
     config = header["config"]
     if config.get("kind") != "AttributeProbe":

@@ -30,7 +30,12 @@ from tqdm import tqdm
 
 from minimagen.checkpoint import FORMAT_KEY, atomic_save_safetensors, load_state_strict, read_safetensors
 from minimagen.diffusion import diffusion_loss, prediction_of
+from minimagen.plot import save_grid
+from minimagen.samplers import ddim_sample
 from minimagen.schedules import NoiseSchedule
+# The periodic sample grids use classifier-free guidance, lesson 06's idea one lesson early: a grid at
+# w = 3 shows whether the model reads its captions long before an unguided one would.
+from minimagen.guidance import as_eps, guided_model_fn
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -137,32 +142,33 @@ class Trainer:
     def _learning_rate(self, step: int) -> float:
         return self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup_steps))
 
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
-        """Images, low-res inputs (an SR dataset's middle item, else None) and captions of one batch."""
+    def _batch(self) -> tuple[torch.Tensor, list[str], dict[str, torch.Tensor]]:
+        """Images, captions and the U-Net's extra inputs (``model_inputs``) of one batch."""
         idx = torch.randint(len(self.dataset), (self.config.batch_size,), generator=self.generator)
         indices = [int(i) for i in idx]
         items = list(self._pool.map(self.dataset.__getitem__, indices)) if self._pool else [
             self.dataset[i] for i in indices]
         images = torch.stack([item[0] for item in items]).to(self.device)  # (B, 3, H, W)
-        lowres = torch.stack([item[1] for item in items]).to(self.device) if len(items[0]) == 3 else None
-        return images, lowres, [item[-1] for item in items]
+        return images, [item[-1] for item in items], self.model_inputs(items, images.shape[-1])
 
-    def _sr_inputs(self, lowres: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
-        """Upsample the low-res images and noise them at random levels (noise-conditioning augmentation)."""
-        from minimagen.cascade import sr_inputs
+    def model_inputs(self, items: list[tuple], size: int) -> dict[str, torch.Tensor]:
+        """What the U-Net gets besides x_t, t and the caption, for a batch of dataset ``items``: nothing
+        here. A stage that needs more (``cascade.SuperResolutionTrainer``: the noised low-res image)
+        overrides this, drawing any randomness from ``self.generator``."""
+        return {}
 
-        b = lowres.shape[0]
-        aug_level = torch.randint(self.config.max_aug_level, (b,), generator=self.generator).to(self.device)
-        aug_noise = torch.randn((b, 3, size, size), generator=self.generator).to(self.device)
-        return sr_inputs(lowres, size, aug_level, self.schedule, aug_noise)
+    def sample_inputs(self, n: int, size: int, seed: int, aug_level: int) -> dict[str, torch.Tensor]:
+        """The extra U-Net inputs of the periodic sample grids (``sample``): nothing here."""
+        return {}
 
-    def loss_on(self, images: torch.Tensor, captions: list[str], lowres: torch.Tensor | None = None) -> torch.Tensor:
+    def loss_on(self, images: torch.Tensor, captions: list[str],
+                extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The diffusion loss of one batch, with caption dropout drawn from the run's generator.
 
-        ``lowres`` (SR stages) is the batch's low-resolution input before upsampling and augmentation.
+        ``extra`` are the U-Net's extra inputs for this batch (``model_inputs``).
         """
         b = images.shape[0]
-        extra = {} if lowres is None else self._sr_inputs(lowres, images.shape[-1])
+        extra = extra or {}
         if self.text_encoder is None:
             def model_fn(x_t, t):
                 return self.model(x_t, t, **extra)
@@ -183,10 +189,10 @@ class Trainer:
 
     def train_step(self) -> float:
         self.model.train()
-        images, lowres, captions = self._batch()
+        images, captions, extra = self._batch()
         for group in self.optimizer.param_groups:
             group["lr"] = self._learning_rate(self.step)
-        loss = self.loss_on(images, captions, lowres)
+        loss = self.loss_on(images, captions, extra)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
@@ -253,23 +259,12 @@ class Trainer:
                aug_level: int = 0) -> torch.Tensor:
         """DDIM samples from the EMA weights (with CFG and dynamic thresholding for a text model).
 
-        An SR stage is conditioned on the low-res images of the dataset's first items (one per prompt),
-        noised at the fixed ``aug_level``.
+        ``aug_level`` is for stages whose ``sample_inputs`` use it (the SR stages' fixed augmentation level).
         """
-        from minimagen.guidance import as_eps, guided_model_fn
-        from minimagen.samplers import ddim_sample
-
         prompts = list(prompts or self.sample_prompts)
         n = len(prompts)
         shape = (n, *self.dataset[0][0].shape)
-        extra = {}
-        if getattr(self.model.config, "lowres_channels", 0):
-            from minimagen.cascade import sr_inputs
-
-            lowres = torch.stack([self.dataset[i][1] for i in range(n)]).to(self.device)
-            level = torch.full((n,), aug_level, device=self.device)
-            noise = torch.randn((n, *shape[1:]), generator=torch.Generator().manual_seed(seed + 1)).to(self.device)
-            extra = sr_inputs(lowres, shape[-1], level, self.schedule, noise)
+        extra = self.sample_inputs(n, shape[-1], seed, aug_level)
         if self.text_encoder is None:
             def model_fn(x_t, t):
                 return self.ema(x_t, t, **extra)
@@ -285,8 +280,6 @@ class Trainer:
 
     def save_samples(self) -> pathlib.Path:
         """Write a grid of samples for the fixed prompts to ``out_dir/samples/step_XXXXXXXX.png``."""
-        from minimagen.plot import save_grid
-
         path = self.out_dir / "samples" / f"{CHECKPOINT_PREFIX}{self.step:08d}.png"
         save_grid(self.sample(), path, nrow=len(self.sample_prompts))
         (path.parent / "prompts.txt").write_text("\n".join(self.sample_prompts) + "\n")

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from minimagen import cli, guidance
+from minimagen import classifier as cg, cli
 from minimagen.data import Shapes
 from minimagen.schedules import schedule_from_spec
 
@@ -16,18 +16,18 @@ def test_caption_log_prob_prefers_the_right_caption():
     # Logits that put all mass on a scene's true attributes give log p ~ 0 for its caption, much less for another.
     shapes = Shapes(64, length=2, seed=3)
     captions = [shapes[0][1], shapes[1][1]]
-    targets = guidance.caption_targets(captions)
+    targets = cg.caption_targets(captions)
     logits = {name: torch.where(t[..., None] == torch.arange(6 if name == "colour" else 5 if name == "shape" else 2),
                                 10.0, -10.0)[..., : {"present": 2, "colour": 6, "shape": 5, "size": 2}[name]]
               for name, t in targets.items()}
-    own = guidance.caption_log_prob(logits, targets)
-    swapped = guidance.caption_log_prob(logits, guidance.caption_targets(captions[::-1]))
+    own = cg.caption_log_prob(logits, targets)
+    swapped = cg.caption_log_prob(logits, cg.caption_targets(captions[::-1]))
     assert torch.all(own > -1e-3) and torch.all(swapped < own - 10)
 
 
 def test_classifier_guidance_moves_eps_along_the_gradient():
     torch.manual_seed(0)
-    classifier = guidance.NoisyClassifier(width=8, feature_dim=16).eval()
+    classifier = cg.NoisyClassifier(width=8, feature_dim=16).eval()
     schedule = schedule_from_spec(SPEC)
 
     class ZeroUNet(torch.nn.Module):
@@ -37,24 +37,24 @@ def test_classifier_guidance_moves_eps_along_the_gradient():
 
     captions = ["a large red plain circle on the left", "a small blue striped square at the top"]
     x_t, t = torch.randn(2, 3, 64, 64), torch.tensor([500, 900])
-    plain = guidance.classifier_guided_model_fn(ZeroUNet(), classifier, schedule, captions, 0.0)(x_t, t)
+    plain = cg.classifier_guided_model_fn(ZeroUNet(), classifier, schedule, captions, 0.0)(x_t, t)
     assert torch.equal(plain, torch.zeros_like(x_t))
-    eps = guidance.classifier_guided_model_fn(ZeroUNet(), classifier, schedule, captions, 2.0)(x_t, t)
+    eps = cg.classifier_guided_model_fn(ZeroUNet(), classifier, schedule, captions, 2.0)(x_t, t)
     x = x_t.clone().requires_grad_(True)
-    log_prob = guidance.caption_log_prob(classifier(x, t), guidance.caption_targets(captions)).sum()
+    log_prob = cg.caption_log_prob(classifier(x, t), cg.caption_targets(captions)).sum()
     grad = torch.autograd.grad(log_prob, x)[0]
     sigma = schedule.sqrt_one_minus_alphas_cumprod[t].float().view(-1, 1, 1, 1)
     torch.testing.assert_close(eps, -2.0 * sigma * grad)
     # A small step of x_t against eps raises the classifier's log-probability of the captions.
     with torch.no_grad():
-        before = guidance.caption_log_prob(classifier(x_t, t), guidance.caption_targets(captions))
-        after = guidance.caption_log_prob(classifier(x_t - 1e-2 * eps / eps.norm(), t),
-                                          guidance.caption_targets(captions))
+        before = cg.caption_log_prob(classifier(x_t, t), cg.caption_targets(captions))
+        after = cg.caption_log_prob(classifier(x_t - 1e-2 * eps / eps.norm(), t),
+                                          cg.caption_targets(captions))
     assert torch.all(after > before)
     with pytest.raises(ValueError, match="scale must be"):
-        guidance.classifier_guided_model_fn(ZeroUNet(), classifier, schedule, captions, -1.0)
+        cg.classifier_guided_model_fn(ZeroUNet(), classifier, schedule, captions, -1.0)
     with pytest.raises(ValueError, match="captions must be"):
-        guidance.classifier_guided_model_fn(ZeroUNet(), classifier, schedule, [], 1.0)
+        cg.classifier_guided_model_fn(ZeroUNet(), classifier, schedule, [], 1.0)
 
 
 def test_classifier_command_trains_measures_and_ships(tmp_path):
@@ -64,10 +64,10 @@ def test_classifier_command_trains_measures_and_ships(tmp_path):
     card = json.loads(out.with_suffix(".json").read_text())
     assert set(card["held_out_accuracy"]) == {"t=0", "t=250", "t=500", "t=750", "t=900"}
     assert card["schedule"] == SPEC and card["training"]["command"].startswith("minimagen classifier")
-    classifier, header = guidance.load_noisy_classifier(out)
+    classifier, header = cg.load_noisy_classifier(out)
     assert classifier(torch.zeros(1, 3, 64, 64), torch.tensor([3]))["colour"].shape == (1, 5, 6)
     # 30 steps already read "is there an object here" from clean images better than chance (50%).
     assert card["held_out_accuracy"]["t=0"]["present"] > 0.6
     with pytest.raises(ValueError, match="not a NoisyClassifier"):
         from minimagen.checkpoint import shipped_checkpoint
-        guidance.load_noisy_classifier(shipped_checkpoint("probe"))
+        cg.load_noisy_classifier(shipped_checkpoint("probe"))

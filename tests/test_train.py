@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from minimagen import checkpoint as ckpt
+from minimagen.cascade import SuperResolutionPairs, SuperResolutionTrainer
 from minimagen.data import Shapes
 from minimagen.schedules import NoiseSchedule
 from minimagen.train import TrainConfig, Trainer, list_checkpoints
@@ -178,7 +179,6 @@ def test_periodic_sample_grids(tmp_path, text):
 
 
 def test_super_resolution_stage_trains_resumes_and_samples(tmp_path):
-    from minimagen.cascade import SuperResolutionPairs
 
     def sr_trainer(out_dir, steps):
         torch.manual_seed(0)
@@ -189,7 +189,7 @@ def test_super_resolution_stage_trains_resumes_and_samples(tmp_path):
         pairs = SuperResolutionPairs(low_size=8, high_size=32, crop=16, length=64, seed=1, max_objects=1)
         config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, log_every=1, checkpoint_every=2,
                              max_aug_level=50, seed=3)
-        return Trainer(model, pairs, NoiseSchedule.linear(100), config, out_dir, text_encoder=encoder)
+        return SuperResolutionTrainer(model, pairs, NoiseSchedule.linear(100), config, out_dir, text_encoder=encoder)
 
     full = sr_trainer(tmp_path / "full", 4)
     full.fit(progress=False)
@@ -238,7 +238,6 @@ def test_a_checkpoint_from_before_a_config_field_existed_still_resumes(tmp_path)
 
 
 def test_a_v_predicting_sr_stage_trains_and_samples(tmp_path):
-    from minimagen.cascade import SuperResolutionPairs
 
     torch.manual_seed(0)
     encoder = FakeTextEncoder()
@@ -249,7 +248,7 @@ def test_a_v_predicting_sr_stage_trains_and_samples(tmp_path):
     pairs = SuperResolutionPairs(low_size=8, high_size=32, crop=16, length=64, seed=1, max_objects=1)
     config = TrainConfig(steps=30, batch_size=4, lr=2e-3, warmup_steps=2, log_every=10, checkpoint_every=0,
                          max_aug_level=50, seed=3)
-    trainer = Trainer(model, pairs, NoiseSchedule.linear(100), config, tmp_path, text_encoder=encoder)
+    trainer = SuperResolutionTrainer(model, pairs, NoiseSchedule.linear(100), config, tmp_path, text_encoder=encoder)
     history = trainer.fit(progress=False)
     assert history[-1][1] < history[0][1]
     x = trainer.sample(steps=2)
