@@ -105,8 +105,10 @@ def _same(a, b) -> bool:
     return True
 
 
-def _call(exercise: str, fn: Callable, *args):
-    """Call the student's ``fn``; turn a stub, a crash or an in-place change of an input into a hint."""
+def _call(exercise: str, fn: Callable, *args, size_hint: str | None = None):
+    """Call the student's ``fn``; turn a stub, a crash or an in-place change of an input into a hint.
+
+    ``size_hint`` replaces the general advice on shapes that do not broadcast."""
     if not callable(fn):
         _fail(exercise, f"expected a function, got {type(fn).__name__}")
     before = [_clone(a) for a in args]
@@ -120,8 +122,9 @@ def _call(exercise: str, fn: Callable, *args):
     except Exception as error:  # the student's code crashed: say how, not where in the checker
         hint = ""
         if "must match the size" in str(error) or "broadcast" in str(error):
-            hint = (". The shapes do not broadcast: a per-sample coefficient [B] must become [B, 1, 1, 1] before "
-                    "it multiplies an image batch [B, C, H, W]")
+            hint = ". The shapes do not broadcast: " + (size_hint or (
+                "a per-sample coefficient [B] must become [B, 1, 1, 1] before it multiplies an image batch "
+                "[B, C, H, W]"))
         _fail(exercise, f"your function raised {type(error).__name__}: {error}{hint}")
     for original, after in zip(before, args):
         if not _same(original, after):
@@ -158,20 +161,32 @@ def _close(a: Tensor, b: Tensor, rtol: float = 1e-5, atol: float = 1e-6) -> bool
     return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol))
 
 
+PRECISION_HINT = ("{dtype} arithmetic loses digits here (1 - alpha_bar_t when alpha_bar_t is near 1, or a division "
+                  "by a small sqrt(alpha_bar_t)). Compute the coefficients from the float64 tables and cast only "
+                  "the coefficients to the input's dtype.")
+
+
 def _diagnose(exercise: str, out: Tensor, expected: Tensor, mistakes: dict[str, Tensor], case: str,
-              rtol: float = 1e-5, atol: float = 1e-6) -> None:
-    """Pass if ``out`` matches ``expected``; else name the first mistake whose output ``out`` matches."""
+              rtol: float = 1e-5, atol: float = 1e-6, precision_hint: bool = False) -> None:
+    """Pass if ``out`` matches ``expected``; else name the first mistake whose output ``out`` matches.
+
+    A float32 result is held to float32's precision (1e-4). With ``precision_hint`` (set by checkers that
+    test float64 inputs first, so the formula itself is known to be right), a near miss in lower precision
+    is blamed on round-off, not on the formula.
+    """
+    if out.dtype != torch.float64:
+        rtol, atol = max(rtol, 1e-4), max(atol, 1e-4)
     if _close(out, expected, rtol, atol):
         return
     for hint, wrong in mistakes.items():
         if wrong is not None and _close(out, wrong, rtol, atol):
             _fail(exercise, f"{hint} (on {case})")
-    err = (out.double() - expected.double()).abs().max().item()
-    if out.dtype in (torch.float32, torch.float16, torch.bfloat16) and err < 1e-2:
-        _fail(exercise, f"close, but not exact on {case} (largest difference {err:.3g}): {out.dtype} loses digits "
-                        f"in 1 - alpha_bar_t when alpha_bar_t is near 1 (small t). Compute the coefficients from the "
-                        f"float64 tables and cast only the coefficients to the input's dtype.")
-    _fail(exercise, f"the result differs from the reference on {case}: largest difference {err:.3g}. "
+    diff = (out.double() - expected.double()).abs()
+    relative = (diff / (expected.double().abs() + 1)).max().item()
+    if precision_hint and out.dtype != torch.float64 and relative < 1e-2:
+        _fail(exercise, f"close, but not exact on {case} (largest relative difference {relative:.3g}): "
+                        + PRECISION_HINT.format(dtype=out.dtype))
+    _fail(exercise, f"the result differs from the reference on {case}: largest difference {diff.max().item():.3g}. "
                     f"Compare your formula with the equation term by term.")
 
 
@@ -190,9 +205,9 @@ def _check_device(exercise: str, fn: Callable, *args) -> None:
         out = fn(*(_on_meta(a) for a in args))
     except Exception as error:  # some ops have no meta kernel; only a device clash is the student's
         if "device" in str(error):
-            _fail(exercise, "your function mixes devices: it makes a tensor of its own (torch.tensor, "
-                            "torch.ones, ...) on the CPU while its inputs are elsewhere. Create it with "
-                            "device=x.device, or index the tables with t moved to their device.")
+            _fail(exercise, "your function mixes devices: it makes a tensor or array of its own (torch.tensor, "
+                            "torch.ones, numpy, ...) on the CPU while its inputs are elsewhere. Compute with the "
+                            "input tensors, or create new ones with device=x.device.")
         return
     outs = out if isinstance(out, (tuple, list)) else out.values() if isinstance(out, dict) else [out]
     for o in outs:
@@ -232,7 +247,7 @@ def check_q_sample(fn: Callable) -> CheckResult:
     name = "q_sample"
     schedule, tables = _tables()
     g = torch.Generator().manual_seed(1)
-    for dtype in (torch.float32, torch.float64):
+    for dtype in (torch.float64, torch.float32):  # float64 first: then a float32 miss is round-off
         x0 = torch.rand(4, 3, 8, 8, generator=g, dtype=dtype) * 2 - 1
         noise = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
         for case, t in _t_cases(4, schedule.T, g):
@@ -249,7 +264,7 @@ def check_q_sample(fn: Callable) -> CheckResult:
                     (1 - ab).sqrt() * x + ab.sqrt() * e,
                 "the t index is off by one: alphas_cumprod[t] belongs to x_t in our 0-based convention":
                     ab_prev.sqrt() * x + (1 - ab_prev).sqrt() * e,
-            }, f"{case}, {dtype}")
+            }, f"{case}, {dtype}", precision_hint=True)
     _check_device(name, fn, x0, t, noise, tables)
     return _passed(name, "matches DDPM eq. 4 for float32 and float64 inputs at random t, t = 0 and t = T-1; "
                          "keeps the input's shape, dtype and device; leaves its inputs unchanged")
@@ -269,12 +284,17 @@ def check_snr(fn: Callable) -> CheckResult:
         if not out.dtype.is_floating_point or not bool(torch.isfinite(out).all()):
             _fail(name, "SNR must be finite floating-point numbers; look for a division by zero")
         ab, a = tables.alphas_cumprod[t], tables.alphas[t]
-        _diagnose(name, out, schedule.snr(t), {
+        ab_before = torch.roll(tables.alphas_cumprod, 1)[t]
+        expected = schedule.snr(t)
+        if out.dtype != torch.float64 and _close(out, expected, 1e-2, 0):
+            _fail(name, f"close, but not exact on {case}: " + PRECISION_HINT.format(dtype=out.dtype))
+        _diagnose(name, out, expected, {
+            "the t index is off by one: alphas_cumprod[t] belongs to x_t": ab_before / (1 - ab_before),
             "this is the inverse: SNR is signal power over noise power, alpha_bar_t / (1 - alpha_bar_t)":
                 (1 - ab) / ab,
             "you took the ratio of the coefficients, not of their squares (powers)": ab.sqrt() / (1 - ab).sqrt(),
             "you used alpha_t where alpha_bar_t belongs": a / (1 - a),
-        }, case, rtol=1e-4)
+        }, case, rtol=1e-6, atol=0)
     return _passed(name, "matches alpha_bar_t / (1 - alpha_bar_t) at random t, t = 0 and t = T-1")
 
 
@@ -289,7 +309,7 @@ def check_q_posterior(fn: Callable) -> CheckResult:
     ab_all = tables.alphas_cumprod
     prev_right = torch.cat([ab_all.new_ones(1), ab_all[:-1]])
     prev_wrapped = torch.roll(ab_all, 1)  # alpha_bar[t - 1] with Python's wrap-around at t = 0
-    for dtype in (torch.float32, torch.float64):
+    for dtype in (torch.float64, torch.float32):  # float64 first: then a float32 miss is round-off
         x0 = torch.rand(4, 3, 8, 8, generator=g, dtype=dtype) * 2 - 1
         x_t = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
         for case, t in _t_cases(4, schedule.T, g):
@@ -336,13 +356,13 @@ def check_q_posterior(fn: Callable) -> CheckResult:
                 "not the product)": mean_of(p_ok, a_t=ab),
                 "the coefficients of x0 and x_t are swapped":
                     (1 - p_ok) * a.sqrt() / (1 - ab) * x + p_ok.sqrt() * b / (1 - ab) * xt,
-            }, f"the mean, {case}, {dtype}")
+            }, f"the mean, {case}, {dtype}", precision_hint=True)
             _diagnose(name, var_full, torch.broadcast_to(ref_var, x0.shape), {
                 wrap: var_of(p_wrap) if case.startswith("t = 0") else None,
                 off_by_one: var_of(p_same),
                 "the variance is beta_t times (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t), not beta_t alone "
                 "(that is DDPM's other choice of sigma_t^2, not the posterior's)": torch.broadcast_to(b, x0.shape),
-            }, f"the variance, {case}, {dtype}", atol=1e-9)
+            }, f"the variance, {case}, {dtype}", atol=1e-9, precision_hint=True)
     _check_device(name, fn, x0, x_t, t, tables)
     return _passed(name, "mean and variance match DDPM eqs. 6-7 at random t, at t = 0 (alpha_bar_{-1} = 1) and "
                          "t = T-1, in float32 and float64; inputs unchanged")
@@ -356,7 +376,7 @@ def check_x0_from_eps(fn: Callable) -> CheckResult:
     name = "x0_from_eps"
     schedule, tables = _tables()
     g = torch.Generator().manual_seed(4)
-    for dtype in (torch.float32, torch.float64):
+    for dtype in (torch.float64, torch.float32):  # float64 first: then a float32 miss is round-off
         x_t = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
         eps = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
         for case, t in _t_cases(4, schedule.T, g):
@@ -370,18 +390,23 @@ def check_x0_from_eps(fn: Callable) -> CheckResult:
                 "the noise must be subtracted from x_t, not added": (x + (1 - ab).sqrt() * e) / ab.sqrt(),
                 "you removed the noise but did not divide by sqrt(alpha_bar_t), the signal's coefficient":
                     x - (1 - ab).sqrt() * e,
-            }, f"{case}, {dtype}", rtol=1e-4)
+                "the t index is off by one: alphas_cumprod[t] belongs to x_t":
+                    (x - (1 - _col(torch.roll(tables.alphas_cumprod, 1), t, x_t)).sqrt() * e)
+                    / _col(torch.roll(tables.alphas_cumprod, 1), t, x_t).sqrt(),
+                "x0_hat is what the sampler thresholds later: return it unclipped": ((x - (1 - ab).sqrt() * e)
+                                                                                     / ab.sqrt()).clamp(-1, 1),
+            }, f"{case}, {dtype}", rtol=1e-4, precision_hint=True)
     _check_device(name, fn, x_t, t, eps, tables)
     return _passed(name, "matches (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) at random t, t = 0 and "
                          "t = T-1 (where it multiplies eps's error by ~200), in float32 and float64")
 
 
 def check_x0_from_v(fn: Callable) -> CheckResult:
-    """``fn(x_t, t, v, tables) -> x0_hat`` for a v-predicting U-Net: sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v."""
+    """``fn(x_t, t, v, tables) -> x0_hat``: the x0 implied by a v-predicting U-Net's output (the exercise derives it)."""
     name = "x0_from_v"
     schedule, tables = _tables()
     g = torch.Generator().manual_seed(5)
-    for dtype in (torch.float32, torch.float64):
+    for dtype in (torch.float64, torch.float32):  # float64 first: then a float32 miss is round-off
         x_t = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
         v = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
         for case, t in _t_cases(4, schedule.T, g):
@@ -392,15 +417,18 @@ def check_x0_from_v(fn: Callable) -> CheckResult:
             ab, a = _col(tables.alphas_cumprod, t, x_t), _col(tables.alphas, t, x_t)
             x, vv = x_t.double(), v.double()
             _diagnose(name, out, ref, {
-                "that is eps, not x0: you combined the coefficients the way eps = sqrt(alpha_bar_t) v + "
-                "sqrt(1 - alpha_bar_t) x_t does": ab.sqrt() * vv + (1 - ab).sqrt() * x,
-                "the coefficients are swapped: x_t's is sqrt(alpha_bar_t), v's is sqrt(1 - alpha_bar_t)":
+                "that is the noise, not x0: redo the substitution for x0 instead of eps":
+                    ab.sqrt() * vv + (1 - ab).sqrt() * x,
+                "the coefficients of x_t and v are swapped":
                     (1 - ab).sqrt() * x - ab.sqrt() * vv,
-                "v must be subtracted, not added (v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0)":
+                "a sign is wrong: check the sign of v's term after the substitution":
                     ab.sqrt() * x + (1 - ab).sqrt() * vv,
                 "a square root is missing": ab * x - (1 - ab) * vv,
                 "you used alpha_t where alpha_bar_t belongs": a.sqrt() * x - (1 - a).sqrt() * vv,
-            }, f"{case}, {dtype}", rtol=1e-4)
+                "the t index is off by one: alphas_cumprod[t] belongs to x_t":
+                    _col(torch.roll(tables.alphas_cumprod, 1), t, x_t).sqrt() * x
+                    - (1 - _col(torch.roll(tables.alphas_cumprod, 1), t, x_t)).sqrt() * vv,
+            }, f"{case}, {dtype}", rtol=1e-4, precision_hint=True)
     _check_device(name, fn, x_t, t, v, tables)
     return _passed(name, "matches the x0 implied by v at random t, t = 0 and t = T-1 (no blow-up at high noise), "
                          "in float32 and float64")
@@ -473,6 +501,9 @@ def _toy_model(schedule: NoiseSchedule) -> Callable[[Tensor, Tensor], Tensor]:
     mu, sd = 0.3, 0.5
 
     def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
+        if not isinstance(t, Tensor) or t.dtype != torch.long or tuple(t.shape) != (x_t.shape[0],):
+            raise TypeError(f"model_fn takes t as a LongTensor [B] (one timestep per image, B = {x_t.shape[0]}), "
+                            f"like a U-Net; got {t!r}")
         ab = schedule.alphas_cumprod[t].reshape(-1, 1, 1, 1).to(x_t.dtype)
         var = ab * sd**2 + (1 - ab)
         return (1 - ab).sqrt() * (x_t - ab.sqrt() * mu) / var
@@ -487,15 +518,21 @@ def check_ddim_sampler(fn: Callable) -> CheckResult:
     schedule, tables = _tables()
     model_fn = _toy_model(schedule)
     shape = (3, 3, 8, 8)
-    for steps, eta in ((10, 0.0), (1, 0.0), (25, 1.0), (7, 0.3)):
+    for steps, eta in ((10, 0.0), (1, 0.0), (25, 0.0), (7, 0.0), (25, 1.0), (7, 0.3)):
         ref = ddim_sample(model_fn, shape, schedule, steps=steps, eta=eta,
                           generator=torch.Generator().manual_seed(7), progress=False)
         out = _call(name, fn, model_fn, shape, tables, steps, eta, torch.Generator().manual_seed(7))
         out = _tensor_out(name, out, ref, "the samples")
+        again = _call(name, fn, model_fn, shape, tables, steps, eta, torch.Generator().manual_seed(7))
+        if not (isinstance(again, Tensor) and torch.equal(out, again)):
+            _fail(name, "two runs with the same seed gave different samples: draw every random number from the "
+                        "generator you were given (torch.randn(shape, generator=generator))")
         if _close(out, ref, 1e-4, 1e-4):
             continue
         hint = None
-        if eta > 0:
+        if _close(out, ref.clamp(-1, 1), 1e-4, 1e-4):
+            hint = "return the samples unclamped, as ddim_sample does: clamping for display is the caller's job"
+        elif eta > 0:
             det = ddim_sample(model_fn, shape, schedule, steps=steps, eta=0.0,
                               generator=torch.Generator().manual_seed(7), progress=False)
             if _close(out, det, 1e-4, 1e-4):
@@ -641,7 +678,10 @@ def check_dynamic_threshold(fn: Callable) -> CheckResult:
                 torch.maximum(torch.minimum(x, s_floor), -s_floor),
             "the percentile must be of |x0| (absolute values), not of the signed pixels":
                 torch.maximum(torch.minimum(x, s_signed), -s_signed) / s_signed,
-            "you clipped to [-1, 1] (static thresholding) before computing s": x.clamp(-1, 1),
+            "you divided by the largest |pixel| (the 100th percentile), not by the p-quantile":
+                x / flat.amax(dim=1).clamp(min=1).reshape(-1, 1, 1, 1),
+            "your s is 1 for every sample, so this is static thresholding: the percentile is a fraction "
+            "(0.995, not 99.5), and the floor is max(1, s), i.e. clamp(min=1), not clamp(max=1)": x.clamp(-1, 1),
         }, case, rtol=1e-4, atol=1e-5)
     _check_device(name, fn, cases[0][1], 0.995)
     return _passed(name, "matches Imagen §2.3 per sample (s floored at 1, clip then divide) at p = 0.995 and "
@@ -661,7 +701,9 @@ def check_sr_inputs(fn: Callable) -> CheckResult:
     noise = torch.randn(3, 3, 64, 64, generator=g)
     for case, level in (("levels 0, 50, 200", torch.tensor([0, 50, 200])),
                         ("level 999 (all noise)", torch.full((3,), 999))):
-        out = _call(name, fn, lowres, 64, level, tables, noise)
+        out = _call(name, fn, lowres, 64, level, tables, noise,
+                    size_hint="upsample lowres to the stage's size (upsample(lowres, size)) before adding the "
+                              "noise, which is drawn at that size")
         if not isinstance(out, dict) or "lowres" not in out:
             _fail(name, "return a dict with the keys 'lowres' (the noised, upsampled image) and 'aug_level'")
         if out.get("aug_level") is None:
@@ -685,7 +727,6 @@ def check_sr_inputs(fn: Callable) -> CheckResult:
             "you used alpha_t where alpha_bar_t belongs": _col(tables.alphas, level, up).sqrt() * up
                 + (1 - _col(tables.alphas, level, up)).sqrt() * noise.double(),
             "a square root is missing in the forward process": ab * up + (1 - ab) * noise.double(),
-            "the image was not upsampled to the stage's size before noising; use upsample(lowres, size)": None,
         }, case, rtol=1e-4, atol=1e-5)
     _check_device(name, fn, lowres, 64, torch.tensor([0, 50, 200]), tables, noise)
     return _passed(name, "upsamples, noises with the forward process at each sample's level (0 to 999) and "
@@ -729,6 +770,8 @@ def check_sampler_settings(choose: Callable[[], dict], imagen, probe, *, n: int 
     gain is the mean of the per-prompt differences, reported with its standard error.
     """
     name = "sampler_settings"
+    if isinstance(n, bool) or not isinstance(n, int) or n < 32:
+        _fail(name, f"n must be an int >= 32 (with fewer prompts the gain's standard error exceeds the bar), got {n!r}")
     chosen = _check_settings(name, _call(name, choose), max_steps)
     captions, _ = eval_prompts(n)
     scores = []

@@ -28,6 +28,7 @@ import tempfile
 from typing import Iterable, Sequence
 
 import nbformat
+from nbclient import NotebookClient
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 EXERCISES_DIR = pathlib.Path(__file__).resolve().parents[1] / "lessons" / "exercises"
@@ -107,17 +108,28 @@ def _notebooks(paths: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
 
 
 def write_student_versions(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[pathlib.Path]:
-    """Write the student version of every exercise notebook in ``sources`` (files or folders) to ``out_dir``."""
+    """Write the student version of every exercise notebook in ``sources`` (files or folders) to ``out_dir``.
+
+    Refuses to write over a source notebook (that would erase its solutions) and notebooks without any
+    solution region (not exercises)."""
     notebooks = _notebooks(sources)
     if not notebooks:
         raise ValueError(f"no .ipynb notebook found in {[str(s) for s in sources]}")
     out = pathlib.Path(out_dir)
+    for path in notebooks:
+        if not path.exists():
+            raise ValueError(f"no such file: {str(path)!r}")
+        if path.suffix != ".ipynb" or not path.is_file():
+            raise ValueError(f"{str(path)!r} is not a notebook file (.ipynb)")
+        if (out / path.name).resolve() == path.resolve():
+            raise ValueError(f"the student version of {str(path)!r} would overwrite it (and its solutions): "
+                             f"choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in notebooks:
-        if path.suffix != ".ipynb" or not path.is_file():
-            raise ValueError(f"{str(path)!r} is not a notebook file (.ipynb)")
         nb = nbformat.read(path, as_version=4)
+        if not any(BEGIN in c.source for c in nb.cells if c.cell_type == "code"):
+            raise ValueError(f"{str(path)!r} has no solution region ({BEGIN}): not an exercise notebook")
         dest = out / path.name
         nbformat.write(student_version(nb), dest)
         written.append(dest)
@@ -142,23 +154,26 @@ def _error_text(outputs) -> str | None:
     return None
 
 
-def _execute_in_place(src: str, dest: str) -> None:
-    """Run one notebook top to bottom (errors recorded, not raised) and write it with its outputs."""
-    from nbclient import NotebookClient
-
+def _execute_in_place(src: str, dest: str, folder: str) -> None:
+    """Run one notebook top to bottom in ``folder`` (errors recorded, not raised) and write it with its outputs."""
     nb = nbformat.read(src, as_version=4)
     client = NotebookClient(nb, timeout=None, allow_errors=True, kernel_name="python3",
-                            resources={"metadata": {"path": str(pathlib.Path(src).resolve().parent)}})
+                            resources={"metadata": {"path": folder}})
     client.execute()
     nbformat.write(nb, dest)
 
 
-def _run_with_limit(path: pathlib.Path, time_limit: float) -> tuple[nbformat.NotebookNode | None, str | None]:
-    """Execute ``path`` in a child process (and its kernel) killed after ``time_limit`` seconds."""
+def _run_with_limit(path: pathlib.Path, nb: nbformat.NotebookNode,
+                    time_limit: float) -> tuple[nbformat.NotebookNode | None, str | None]:
+    """Execute ``nb`` (submitted as ``path``, whose folder it runs in) in a child process (and its kernel)
+    killed after ``time_limit`` seconds."""
     with tempfile.TemporaryDirectory() as tmp:
-        dest = pathlib.Path(tmp) / "executed.ipynb"
-        code = "import sys; from minimagen.grading import _execute_in_place; _execute_in_place(sys.argv[1], sys.argv[2])"
-        proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(dest)], stdout=subprocess.DEVNULL,
+        src, dest = pathlib.Path(tmp) / "submitted.ipynb", pathlib.Path(tmp) / "executed.ipynb"
+        nbformat.write(nb, src)
+        code = ("import sys; from minimagen.grading import _execute_in_place; "
+                "_execute_in_place(sys.argv[1], sys.argv[2], sys.argv[3])")
+        proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(dest), str(path.resolve().parent)],
+                                stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             _, stderr = proc.communicate(timeout=time_limit)
@@ -172,15 +187,48 @@ def _run_with_limit(path: pathlib.Path, time_limit: float) -> tuple[nbformat.Not
         return nbformat.read(dest, as_version=4), None
 
 
-def grade(paths: Sequence[str | os.PathLike], time_limit: float = 180.0) -> list[GradeRow]:
+def _released_checks(release: Sequence[str | os.PathLike]) -> list[tuple[set[str], dict[str, nbformat.NotebookNode]]]:
+    """For each released exercise notebook: all its grade ids, and its check cells by grade id."""
+    released = []
+    for path in _notebooks(release):
+        nb = nbformat.read(path, as_version=4)
+        ids = {_nbgrader(c)["grade_id"] for c in nb.cells if "grade_id" in _nbgrader(c)}
+        checks = {_nbgrader(c)["grade_id"]: c for c in nb.cells if _nbgrader(c).get("grade") and "grade_id" in _nbgrader(c)}
+        released.append((ids, checks))
+    return released
+
+
+def _restore_checks(submitted: nbformat.NotebookNode, released) -> tuple[nbformat.NotebookNode, list[str]]:
+    """Put the released source back into the submission's check cells (as ``nbgrader autograde`` does), so an
+    edited check cannot pass; returns the notebook and the released check ids the submission lacks."""
+    ids = {_nbgrader(c)["grade_id"] for c in submitted.cells if "grade_id" in _nbgrader(c)}
+    match = max(released, key=lambda r: len(r[0] & ids), default=None)
+    if match is None or not match[0] & ids:
+        return submitted, []  # not one of the released exercises: grade its own checks
+    restored = nbformat.from_dict(submitted)
+    present = set()
+    for cell in restored.cells:
+        grade_id = _nbgrader(cell).get("grade_id")
+        if grade_id in match[1]:
+            cell.cell_type, cell.source = "code", match[1][grade_id].source
+            cell.metadata["nbgrader"] = dict(match[1][grade_id].metadata["nbgrader"])
+            present.add(grade_id)
+    return restored, [g for g in match[1] if g not in present]
+
+
+def grade(paths: Sequence[str | os.PathLike], time_limit: float = 180.0,
+          release: Sequence[str | os.PathLike] | None = None) -> list[GradeRow]:
     """Run every submitted notebook and score its check cells (nbgrader's ``grade: true`` cells).
 
     A check passes when its cell ran without an error; a failing one reports the checker's hint (or the
-    error the cell raised). A file that is not a notebook, a notebook that cannot be run or that runs
-    past ``time_limit`` seconds, and a notebook without check cells each get one row of their own.
+    error the cell raised). The check cells are first reset to those of the released notebook with the same
+    grade ids (``release``: default the shipped ``lessons/exercises``), and a check cell missing from a
+    submission fails. A file that is not a notebook, a notebook that cannot be run or that runs past
+    ``time_limit`` seconds, and a notebook without check cells each get one row of their own.
     """
     if time_limit <= 0:
         raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
+    released = _released_checks(release if release is not None else [EXERCISES_DIR])
     rows: list[GradeRow] = []
     for path in _notebooks(paths):
         name = str(path)
@@ -192,12 +240,15 @@ def grade(paths: Sequence[str | os.PathLike], time_limit: float = 180.0) -> list
         except Exception as error:  # any unreadable file gets a row, never a crash of the whole run
             rows.append(GradeRow(name, "-", False, f"not a notebook ({type(error).__name__})"))
             continue
+        submitted, removed = _restore_checks(submitted, released)
+        rows += [GradeRow(name, check, False, "the check cell was removed from the submission") for check in removed]
         checks = [c.metadata["nbgrader"]["grade_id"] for c in submitted.cells
                   if c.cell_type == "code" and _nbgrader(c).get("grade") and "grade_id" in _nbgrader(c)]
         if not checks:
-            rows.append(GradeRow(name, "-", False, "no check cells (nbgrader grade cells) in this notebook"))
+            if not removed:
+                rows.append(GradeRow(name, "-", False, "no check cells (nbgrader grade cells) in this notebook"))
             continue
-        executed, problem = _run_with_limit(path, time_limit)
+        executed, problem = _run_with_limit(path, submitted, time_limit)
         if executed is None:
             rows += [GradeRow(name, check, False, f"the notebook {problem}") for check in checks]
             continue

@@ -112,9 +112,6 @@ def test_q_sample_mistakes():
         ab = ones * _col(tables.alphas_cumprod, t)
         return ab.sqrt().to(x0.dtype) * x0 + (1 - ab).sqrt().to(x0.dtype) * noise
 
-    def float32_arithmetic(x0, t, noise, tables):
-        ab = _col(tables.alphas_cumprod, t).to(x0.dtype)  # cast first: 1 - alpha_bar loses digits near t = 0
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
     _expect(E.check_q_sample, alpha_not_alpha_bar, "alpha_t", "alpha_bar_t")
     _expect(E.check_q_sample, no_sqrt, "square root is missing")
@@ -124,7 +121,6 @@ def test_q_sample_mistakes():
     _expect(E.check_q_sample, in_place, "in place")
     _expect(E.check_q_sample, nan_at_the_end, "NaN")
     _expect(E.check_q_sample, cpu_tensor_of_its_own, "device")
-    _expect(E.check_q_sample, float32_arithmetic, "close, but not exact", "float64 tables")
 
 
 def test_q_posterior_mistakes():
@@ -148,6 +144,52 @@ def test_q_posterior_mistakes():
         return mean.to(x0.dtype), (b * (1 - ab_prev) / (1 - ab)).to(x0.dtype)
 
     _expect(E.check_q_posterior, alpha_bar_for_alpha, "alpha_bar_t where alpha_t belongs")
+
+    def float32_arithmetic(x0, x_t, t, tables):
+        # Right formula, but cast first: at t = 0, beta / (1 - alpha_bar) loses digits in float32.
+        table = lambda v: v[t].reshape(-1, 1, 1, 1).to(x0.dtype)  # noqa: E731
+        ab_all = tables.alphas_cumprod
+        b, a, ab = table(tables.betas), table(tables.alphas), table(ab_all)
+        ab_prev = table(torch.cat([ab_all.new_ones(1), ab_all[:-1]]))
+        mean = ab_prev.sqrt() * b / (1 - ab) * x0 + a.sqrt() * (1 - ab_prev) / (1 - ab) * x_t
+        return mean, b * (1 - ab_prev) / (1 - ab)
+
+    _expect(E.check_q_posterior, float32_arithmetic, "close, but not exact", "float64 tables")
+
+
+def test_correct_variants_pass():
+    # A float32 result computed in float32 is within float32's precision for eq. 4; a loop over the batch
+    # and torch.where in place of clamp are the same functions.
+    def cast_first(x0, t, noise, tables):
+        ab = tables.alphas_cumprod.to(x0.dtype)[t].reshape(-1, 1, 1, 1)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def per_image_loop(x0, p):
+        out = []
+        for image in x0:
+            s = torch.quantile(image.abs().flatten().double(), p).clamp(min=1).to(x0.dtype)
+            out.append(torch.where(image.abs() > s, image.sign() * s, image) / s)
+        return torch.stack(out)
+
+    E.check_q_sample(cast_first)
+    E.check_dynamic_threshold(per_image_loop)
+
+
+def test_sampler_mistakes_outside_the_formula():
+    ns = _namespace("e04_ddim.ipynb")
+
+    def unseeded(model_fn, shape, tables, steps, eta, generator):
+        return ns["ddim_sampler"](model_fn, shape, tables, steps, eta, torch.Generator().manual_seed(torch.seed()))
+
+    def clamped(model_fn, shape, tables, steps, eta, generator):
+        return ns["ddim_sampler"](model_fn, shape, tables, steps, eta, generator).clamp(-1, 1)
+
+    def integer_t(model_fn, shape, tables, steps, eta, generator):
+        return ns["ddim_sampler"](lambda x, t: model_fn(x, int(t[0])), shape, tables, steps, eta, generator)
+
+    _expect(E.check_ddim_sampler, unseeded, "same seed")
+    _expect(E.check_ddim_sampler, clamped, "unclamped")
+    _expect(E.check_ddim_sampler, integer_t, "LongTensor [B]")
 
 
 def test_x0_mistakes():

@@ -71,11 +71,11 @@ def _tiny_exercise(body: str) -> nbformat.NotebookNode:
     """A one-exercise notebook in the exercises' format: static thresholding, its solution and its check."""
     solution = new_code_cell(f"import torch\n\ndef static_threshold(x0):\n    ### BEGIN SOLUTION\n    {body}\n"
                              "    ### END SOLUTION\n")
-    solution.metadata["nbgrader"] = {"grade": False, "grade_id": "static_threshold", "locked": False,
+    solution.metadata["nbgrader"] = {"grade": False, "grade_id": "tiny_static", "locked": False,
                                      "schema_version": 3, "solution": True, "task": False}
     check = new_code_cell("from minimagen.exercises import check_static_threshold\n"
                           "check_static_threshold(static_threshold)")
-    check.metadata["nbgrader"] = {"grade": True, "grade_id": "check_static_threshold", "locked": True, "points": 1,
+    check.metadata["nbgrader"] = {"grade": True, "grade_id": "check_tiny_static", "locked": True, "points": 1,
                                   "schema_version": 3, "solution": False, "task": False}
     nb = new_notebook(cells=[new_markdown_cell("# tiny"), solution, check])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -130,7 +130,7 @@ def test_grade_command_writes_the_table_and_exits_by_the_verdict(tmp_path, capsy
     assert [(pathlib.Path(r["submission"]).name, r["passed"]) for r in table] == [("right.ipynb", "pass"),
                                                                                   ("wrong.ipynb", "fail")]
     assert "only the upper side is clipped" in table[1]["hint"]
-    assert "wrong.ipynb | check_static_threshold | FAIL" in out_md.read_text()
+    assert "wrong.ipynb | check_tiny_static | FAIL" in out_md.read_text()
     assert "1 of 2 checks passed" in capsys.readouterr().out
 
 
@@ -153,3 +153,28 @@ def test_student_command_writes_every_exercise(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["exercises", "student", str(tmp_path / "h2"), "--from", str(tmp_path / "nothing-here")])
     assert info.value.code == 2
+
+
+def test_an_edited_or_removed_check_cell_does_not_pass(tmp_path):
+    right = nbformat.read(EXERCISES / "e01_forward_process.ipynb", as_version=4)
+    student = grading.student_version(right)
+    for cell in student.cells:  # a student who makes the checks "pass" instead of writing snr
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == "check_snr":
+            cell.source = "print('PASS snr')"
+    student.cells = [c for c in student.cells if c.metadata.get("nbgrader", {}).get("grade_id") != "check_q_sample"]
+    nbformat.write(student, tmp_path / "sly.ipynb")
+    rows = {r.exercise: r for r in grading.grade([tmp_path / "sly.ipynb"], time_limit=120)}
+    assert not rows["check_q_sample"].passed and "removed" in rows["check_q_sample"].hint
+    assert not rows["check_snr"].passed and "not written yet" in rows["check_snr"].hint
+
+
+def test_student_versions_never_overwrite_the_solutions(tmp_path):
+    copy = tmp_path / "e01.ipynb"
+    copy.write_bytes((EXERCISES / "e01_forward_process.ipynb").read_bytes())
+    with pytest.raises(ValueError, match="would overwrite"):
+        grading.write_student_versions([copy], tmp_path)
+    with pytest.raises(ValueError, match="no such file"):
+        grading.write_student_versions([tmp_path / "missing.ipynb"], tmp_path / "out")
+    lesson = pathlib.Path(__file__).resolve().parents[1] / "lessons" / "00_imagen_and_shapes.ipynb"
+    with pytest.raises(ValueError, match="no solution region"):
+        grading.write_student_versions([lesson], tmp_path / "out")
