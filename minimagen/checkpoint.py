@@ -21,7 +21,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors_bytes
+
+from minimagen.unet import UNet, UNetConfig
 
 FORMAT_KEY = "minimagen_format"
 FILE_MODE = 0o644  # mkstemp creates files readable by their owner only; checkpoints are meant to be shared
@@ -47,22 +50,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_save_safetensors(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
 ) -> None:
-    """``safetensors.torch.save_file`` made atomic: a crash never leaves a truncated ``path``."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        # safetensors refuses tensors that share memory or are not contiguous: copy them out.
-        tensors = {k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, FILE_MODE)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    """A safetensors file written through ``atomic_write_bytes``: a crash never leaves a truncated ``path``."""
+    # safetensors refuses tensors that share memory or are not contiguous: copy them out.
+    tensors = {k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=metadata))
 
 
 def read_safetensors(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -145,6 +136,90 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return state, meta
 
 
+# -- model cards ----------------------------------------------------------------------------------------------
+
+FINAL_LOSS_WINDOW = 10  # a card's "final_loss" is the mean of the last this-many logged losses
+
+
+def model_card(stage: str, config: dict[str, Any], parameters: int, *, training: dict[str, Any],
+               losses: list[float], weights: str = "fp16", **sections: Any) -> dict[str, Any]:
+    """The JSON card that goes beside a shipped weights file (``save_weights(card=...)``): what the model is
+    (``stage``, ``config``, ``parameters`` and any other ``sections``: schedule, data, text, measurements),
+    how it was trained (``training``: command, seed, steps, wall time, ...; the final loss is added here,
+    one way for every card) and what the weights file holds."""
+    tail = list(losses)[-FINAL_LOSS_WINDOW:]
+    card = {"stage": stage, "config": config, "parameters": parameters, **sections}
+    card["training"] = {**training, "final_loss": round(sum(tail) / max(1, len(tail)), 5)}
+    card["weights"] = weights
+    return card
+
+
+# -- training checkpoints ------------------------------------------------------------------------------------
+#
+# Layout of a "training" file: model/<key> and ema/<key> (the two state dicts), optim/<param index>/<name>
+# (AdamW's per-parameter state), rng/generator (the run's generator) and rng/torch (the global RNG),
+# history/step and history/loss (the logged losses); the header holds "step", "wall_time",
+# "optimizer_param_groups" and whatever else the trainer records (configs, the command, the data).
+
+
+def save_training_state(path: str | os.PathLike, *, model: torch.nn.Module, ema: torch.nn.Module,
+                        optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                        history: list[tuple[int, float]], metadata: dict[str, Any]) -> None:
+    """Write everything a run needs to resume exactly, atomically (the layout above)."""
+    tensors: dict[str, torch.Tensor] = {}
+    tensors.update({f"model/{k}": v for k, v in model.state_dict().items()})
+    tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
+    optim = optimizer.state_dict()
+    for index, state in optim["state"].items():
+        for name, value in state.items():
+            tensors[f"optim/{index}/{name}"] = torch.as_tensor(value)
+    tensors["rng/generator"] = generator.get_state()
+    tensors["rng/torch"] = torch.get_rng_state()
+    steps, losses = zip(*history) if history else ((), ())
+    tensors["history/step"] = torch.tensor(steps, dtype=torch.int64)
+    tensors["history/loss"] = torch.tensor(losses, dtype=torch.float64)
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optim["param_groups"]]
+    header = {k: json.dumps(v) for k, v in {**metadata, "optimizer_param_groups": groups}.items()}
+    header[FORMAT_KEY] = "training"
+    atomic_save_safetensors(tensors, path, header)
+
+
+class TrainingState:
+    """A training checkpoint read back: its header (``meta``), the two state dicts and the loss history."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = pathlib.Path(path)
+        self.tensors, self.meta = read_safetensors(path, "training")
+
+    def section(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    @property
+    def ema(self) -> dict[str, torch.Tensor]:
+        return self.section("ema/")
+
+    @property
+    def history(self) -> list[tuple[int, float]]:
+        return list(zip(self.tensors["history/step"].tolist(), self.tensors["history/loss"].tolist()))
+
+    def restore(self, *, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                generator: torch.Generator) -> None:
+        """Load the weights, the optimizer's state and both RNG states into a run built for this model."""
+        load_state_strict(model, self.section("model/"), self.path)
+        load_state_strict(ema, self.ema, self.path)
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in self.section("optim/").items():
+            index, name = key.split("/", 1)
+            state.setdefault(int(index), {})[name] = value  # load_state_dict moves them
+        groups = self.meta["optimizer_param_groups"]
+        if len(groups) != 1:
+            raise ValueError(f"checkpoint {str(self.path)!r} has {len(groups)} optimizer groups, expected 1")
+        groups[0]["params"] = list(range(len(list(model.parameters()))))
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        generator.set_state(self.tensors["rng/generator"])
+        torch.set_rng_state(self.tensors["rng/torch"])
+
+
 # The checkpoints this repository ships (trained by its own commands; each has a JSON model card).
 SHIPPED_DIR = pathlib.Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 
@@ -164,8 +239,6 @@ def load_unet(path: str | os.PathLike):
     ``header`` holds what else the file records (e.g. ``header["schedule"]``, the noise schedule it was
     trained with).
     """
-    from minimagen.unet import UNet, UNetConfig
-
     state, header = read_weights(path)
     try:
         config = UNetConfig.from_dict(header["config"])

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import pathlib
+import platform
 import shlex
 import sys
 import time
@@ -21,9 +22,34 @@ from typing import Sequence
 import torch
 
 from minimagen import grading
-from minimagen.checkpoint import SHIPPED_DIR
-from minimagen.schedules import schedule_from_spec
-from minimagen.unet import PRESETS
+from minimagen.cascade import Imagen, SuperResolutionPairs, SuperResolutionTrainer
+from minimagen.checkpoint import (
+    SHIPPED_DIR,
+    TrainingState,
+    atomic_write_bytes,
+    load_state_strict,
+    model_card,
+    save_weights,
+)
+from minimagen.classifier import train_noisy_classifier
+from minimagen.data import Shapes
+from minimagen.evaluate import (
+    base_imagen,
+    plot_steps,
+    plot_sweep,
+    read_csv,
+    sr_quality,
+    steps_sweep,
+    threshold_sweep,
+    write_csv,
+)
+from minimagen.metrics import attribute_accuracy, corrupt, load_probe, train_probe
+from minimagen.plot import save_grid
+from minimagen.samplers import ddpm_sample
+from minimagen.schedules import NoiseSchedule, schedule_from_spec
+from minimagen.text import TextEncoder
+from minimagen.train import TrainConfig, Trainer, list_checkpoints
+from minimagen.unet import PRESETS, UNet, UNetConfig
 
 DEMO_UNET = dict(
     image_size=32,
@@ -66,39 +92,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def model_card(stage, model, *, schedule, data, command, train_config, steps, wall_time, history,
-               text=None, hardware=None) -> dict:
-    """What a shipped weights file records beside it: the model, and the run that trained it."""
-    import platform
-
-    losses = [loss for _, loss in history]
-    card = {"stage": stage, "config": model.config.to_dict(), "parameters": model.num_parameters(),
-            "schedule": schedule, "data": data}
-    if text is not None:
-        card["text"] = text
-    card["training"] = {
+def _run_card(stage, model, *, schedule, data, command, train_config, steps, wall_time, history,
+              text=None, hardware=None) -> dict:
+    """The model card of a U-Net trained by the Trainer (``demo``, ``export``)."""
+    sections = {"schedule": schedule, "data": data, **({"text": text} if text is not None else {})}
+    training = {
         "command": command,
         "train_config": train_config,
         "seed": train_config["seed"],
         "steps": steps,
         "wall_time_s": round(wall_time, 1),
         "hardware": hardware or f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
-        "final_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 5),
         "loss_history": [[int(step), round(loss, 5)] for step, loss in history],
     }
-    card["weights"] = "EMA weights, fp16"
-    return card
+    return model_card(stage, model.config.to_dict(), model.num_parameters(), training=training,
+                      losses=[loss for _, loss in history], weights="EMA weights, fp16", **sections)
 
 
 def demo(args: argparse.Namespace) -> pathlib.Path:
     """Train a small unconditional U-Net on one-object Shapes at 32 px, then DDIM-sample a grid."""
-    from minimagen.data import Shapes
-    from minimagen.plot import save_grid
-    from minimagen.samplers import ddpm_sample
-    from minimagen.schedules import NoiseSchedule
-    from minimagen.train import TrainConfig, Trainer
-    from minimagen.unet import UNet, UNetConfig
-
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the model's initial weights
@@ -121,9 +133,7 @@ def demo(args: argparse.Namespace) -> pathlib.Path:
     path = save_grid(images, args.out)
     print(f"demo: final loss {trainer.history[-1][1]:.4f}, {trainer.wall_time:.0f} s of training; wrote {path}")
     if args.save:
-        from minimagen.checkpoint import save_weights
-
-        card = model_card(
+        card = _run_card(
             "uncond32", model, schedule={"kind": "cosine", "T": 1000, "max_beta": 0.2},
             data={"dataset": "Shapes", "size": 32, "seed": args.seed, "max_objects": 1, "textures": ["plain"]},
             command=args.command_line, train_config=dataclasses.asdict(config), steps=trainer.step,
@@ -171,13 +181,6 @@ def _train_metadata(args: argparse.Namespace) -> dict:
 
 def train(args: argparse.Namespace) -> None:
     """Train a stage with the Trainer; resumes from the newest checkpoint in --out."""
-    from minimagen.data import Shapes
-    from minimagen.text import TextEncoder
-    from minimagen.train import TrainConfig, Trainer
-    from minimagen.unet import UNet, UNetConfig
-
-    from minimagen.cascade import SuperResolutionPairs, SuperResolutionTrainer
-
     size, low, crop = _stage_shapes(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -213,24 +216,19 @@ def train(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     """Write the EMA weights of a run's newest checkpoint as fp16 safetensors + a JSON model card."""
-    from minimagen.checkpoint import load_state_strict, read_safetensors, save_weights
-    from minimagen.train import list_checkpoints
-    from minimagen.unet import UNet, UNetConfig
-
     found = list_checkpoints(args.run)
     if not found:
         raise ValueError(f"no checkpoint in {args.run!r} (expected a run folder written by `minimagen train`)")
-    tensors, meta = read_safetensors(found[-1], "training")
+    state = TrainingState(found[-1])
+    meta, history = state.meta, state.history
     model = UNet(UNetConfig.from_dict(meta["model_config"]))
-    load_state_strict(model, {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}, found[-1])
-    history = list(zip(tensors["history/step"].tolist(), tensors["history/loss"].tolist()))
-    card = model_card(
+    load_state_strict(model, state.ema, found[-1])
+    card = _run_card(
         meta.get("stage"), model, schedule=meta.get("schedule"), data=meta.get("data"), text=meta.get("text"),
         command=meta.get("command"), train_config=meta["train_config"], steps=meta["step"],
         wall_time=meta.get("wall_time", 0.0), history=history, hardware=args.hardware,
     )
     for csv_path in args.evaluation or []:  # measurements of this model (`minimagen eval ...`), kept on its card
-        from minimagen.evaluate import read_csv
 
         lines = pathlib.Path(csv_path).read_text().splitlines()
         card.setdefault("evaluation", []).append({
@@ -249,9 +247,6 @@ def _threshold(choice: str) -> str | None:
 
 def sample(args: argparse.Namespace) -> list[pathlib.Path]:
     """Run the whole cascade for one or more prompts and write each stage's images as PNGs."""
-    from minimagen.cascade import Imagen
-    from minimagen.plot import save_grid
-
     if not args.prompts or not all(p.strip() for p in args.prompts):
         raise ValueError("give at least one non-empty prompt")
     if args.threads:
@@ -276,10 +271,6 @@ def sample(args: argparse.Namespace) -> list[pathlib.Path]:
 
 def probe(args: argparse.Namespace) -> dict:
     """Train the attribute probe on clean renders, measure it on held-out scenes, ship it with a card."""
-    from minimagen.checkpoint import save_weights
-    from minimagen.data import Shapes
-    from minimagen.metrics import attribute_accuracy, corrupt, train_probe
-
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -299,15 +290,13 @@ def probe(args: argparse.Namespace) -> dict:
                 accuracy[kind][name] = accuracy[kind].get(name, 0.0) + value * len(idx) / args.eval_n
     accuracy = {kind: {k: round(v, 4) for k, v in table.items()} for kind, table in accuracy.items()}
     config = {"kind": "AttributeProbe", "width": 32, "feature_dim": 128}
-    card = {
-        "stage": "probe", "config": config, "parameters": sum(p.numel() for p in model.parameters()),
-        "data": {"dataset": "Shapes", "size": 64, "seed": args.seed, "held_out_seed": args.seed + 1000},
-        "held_out_accuracy": accuracy, "held_out_images": args.eval_n,
-        "training": {"command": args.command_line, "steps": args.steps, "batch_size": args.batch_size,
-                     "lr": args.lr, "seed": args.seed, "wall_time_s": round(wall, 1),
-                     "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 5)},
-        "weights": "fp16",
-    }
+    card = model_card(
+        "probe", config, sum(p.numel() for p in model.parameters()), losses=losses,
+        training={"command": args.command_line, "steps": args.steps, "batch_size": args.batch_size,
+                  "lr": args.lr, "seed": args.seed, "wall_time_s": round(wall, 1)},
+        data={"dataset": "Shapes", "size": 64, "seed": args.seed, "held_out_seed": args.seed + 1000},
+        held_out_accuracy=accuracy, held_out_images=args.eval_n,
+    )
     save_weights(model, args.out, config, card=card, extra={"stage": "probe"})
     for kind, table in accuracy.items():
         print(f"probe: held-out accuracy ({kind}) " + ", ".join(f"{k} {v:.4f}" for k, v in table.items()))
@@ -317,11 +306,6 @@ def probe(args: argparse.Namespace) -> dict:
 
 def classifier(args: argparse.Namespace) -> dict:
     """Train the noisy classifier for classifier guidance; measure it on held-out scenes at several t."""
-    from minimagen.checkpoint import save_weights
-    from minimagen.data import Shapes
-    from minimagen.classifier import train_noisy_classifier
-    from minimagen.metrics import attribute_accuracy
-
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = {"kind": args.schedule, "T": args.T, "max_beta": args.max_beta}
@@ -343,14 +327,12 @@ def classifier(args: argparse.Namespace) -> dict:
         accuracy[f"t={int(t[0])}"] = row
         print(f"classifier: held-out accuracy at t={int(t[0])}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
     config = {"kind": "NoisyClassifier", "width": model.width, "feature_dim": model.feature_dim}
-    card = {
-        "stage": "classifier", "config": config, "parameters": sum(p.numel() for p in model.parameters()),
-        "schedule": spec, "held_out_accuracy": accuracy, "held_out_images": args.eval_n,
-        "training": {"command": args.command_line, "steps": args.steps, "batch_size": args.batch_size,
-                     "lr": args.lr, "seed": args.seed, "wall_time_s": round(wall, 1),
-                     "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 5)},
-        "weights": "fp16",
-    }
+    card = model_card(
+        "classifier", config, sum(p.numel() for p in model.parameters()), losses=losses,
+        training={"command": args.command_line, "steps": args.steps, "batch_size": args.batch_size,
+                  "lr": args.lr, "seed": args.seed, "wall_time_s": round(wall, 1)},
+        schedule=spec, held_out_accuracy=accuracy, held_out_images=args.eval_n,
+    )
     save_weights(model, args.out, config, card=card, extra={"stage": "classifier", "schedule": spec})
     print(f"classifier: wrote {args.out}")
     return accuracy
@@ -362,9 +344,6 @@ def evaluate_sweep(args: argparse.Namespace) -> pathlib.Path:
     ``eval thresholding``: guidance weight x thresholding mode (Imagen Fig. A.9).
     ``eval steps``: 1000-step DDPM against DDIM with fewer steps (lesson 08).
     """
-    from minimagen.evaluate import base_imagen, plot_steps, plot_sweep, steps_sweep, threshold_sweep, write_csv
-    from minimagen.metrics import load_probe
-
     if args.threads:
         torch.set_num_threads(args.threads)
     imagen = base_imagen(args.model, device=args.device)
@@ -437,10 +416,6 @@ def _add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
 
 def evaluate_sr(args: argparse.Namespace) -> dict:
     """``eval sr``: one SR stage against bicubic upsampling and the real renders, written as JSON."""
-    from minimagen.cascade import Imagen
-    from minimagen.checkpoint import atomic_write_bytes
-    from minimagen.evaluate import sr_quality
-
     if args.threads:
         torch.set_num_threads(args.threads)
     imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)

@@ -26,8 +26,19 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from minimagen.data import COLOURS, POSITIONS, SHAPES, SIZES, Shapes, parse_caption
-from minimagen.metrics import AttributeProbe, alignment, feature_statistics, frechet_distance, saturation
+from minimagen.cascade import Imagen, Stage, SuperResolutionPairs, upsample
+from minimagen.checkpoint import atomic_write_bytes, load_unet
+from minimagen.data import COLOURS, POSITIONS, Shapes, SHAPES, SIZES, parse_caption
+from minimagen.metrics import (
+    AttributeProbe,
+    alignment,
+    downsample_error,
+    feature_statistics,
+    frechet_distance,
+    saturation,
+    sharpness,
+)
+from minimagen.text import TextEncoder
 
 EVAL_SEED = 10_000  # scenes the evaluation prompts come from; training runs use small seeds
 THRESHOLD_MODES = ("none", "static", "dynamic")
@@ -204,9 +215,6 @@ def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: fl
     """
     import time
 
-    from minimagen.cascade import SuperResolutionPairs, upsample
-    from minimagen.metrics import downsample_error, sharpness
-
     sr = imagen.stage(stage)
     if not sr.is_super_resolution:
         raise ValueError(f"stage {stage!r} is the base model; sr_quality needs a super-resolution stage")
@@ -240,7 +248,6 @@ def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: fl
 
 def write_csv(rows: Sequence[Measurement], path: str | pathlib.Path, comment: str | None = None) -> pathlib.Path:
     """Rows as CSV (one line per setting), preceded by ``# comment`` lines, e.g. the command that ran."""
-    from minimagen.checkpoint import atomic_write_bytes
     import io
 
     buffer = io.StringIO()
@@ -270,15 +277,10 @@ def read_csv(path: str | pathlib.Path) -> list[Measurement]:
 
 def base_imagen(path: str | pathlib.Path, text_encoder=None, device: str = "cpu"):
     """A one-stage ``Imagen`` from a base model's weights file (its card names the text encoder)."""
-    from minimagen.cascade import Imagen, Stage
-    from minimagen.checkpoint import load_unet
-
     unet, header = load_unet(path)
     if unet.config.lowres_channels:
         raise ValueError(f"{str(path)!r} holds a super-resolution U-Net; evaluation needs a base model")
     if text_encoder is None:
-        from minimagen.text import TextEncoder
-
         text = header.get("text") or {}
         if "encoder" not in text:
             raise ValueError(f"{str(path)!r} does not record its text encoder; pass text_encoder=")

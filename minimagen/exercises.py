@@ -23,14 +23,14 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from minimagen.cascade import sr_inputs, upsample
+from minimagen.diffusion import eps_from_v, prediction_of
+from minimagen.evaluate import eval_prompts, sample_in_batches
+from minimagen.guidance import as_eps, cfg, guided_model_fn
+from minimagen.metrics import alignment
+from minimagen.samplers import ddim_sample, ddim_timesteps
 from minimagen.schedules import NoiseSchedule
 from minimagen.thresholding import dynamic_threshold, static_threshold
-from minimagen.samplers import ddim_sample, ddim_timesteps
-from minimagen.diffusion import eps_from_v, prediction_of
-from minimagen.guidance import as_eps, cfg
-from minimagen.cascade import sr_inputs, upsample
-from minimagen.evaluate import eval_prompts, sample_in_batches
-from minimagen.metrics import alignment
 
 __all__ = [
     "ExerciseFailed", "CheckResult", "ScheduleTables",
@@ -617,8 +617,6 @@ def check_guided_output(fn: Callable, unet: torch.nn.Module, encoder, schedule: 
 
 
 def _guided_reference(unet, text, mask, w, schedule):
-    from minimagen.guidance import guided_model_fn
-
     return guided_model_fn(unet, text, mask, w, schedule=schedule)
 
 

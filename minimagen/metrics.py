@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minimagen.checkpoint import load_state_strict, read_weights
-from minimagen.data import BACKGROUND, COLOURS, POSITIONS, SHAPES, SIZES, Scene, parse_caption
+from minimagen.data import BACKGROUND, COLOURS, POSITIONS, Scene, Shapes, SHAPES, SIZES, parse_caption
 
 # What the probe reads at each position: is there an object, and if so its colour, shape and size.
 # (Texture is invisible at 64 px by design, so the 64 px probe does not read it.)
@@ -199,8 +199,6 @@ def fit_attribute_reader(model: nn.Module, batch_loss, *, steps: int, batch_size
     (corruption, noise levels), so a seed fixes the whole run. Returns the per-step loss.
     """
     from tqdm import tqdm
-
-    from minimagen.data import Shapes
 
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")

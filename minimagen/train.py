@@ -28,7 +28,7 @@ from typing import Any, Literal, Sequence
 import torch
 from tqdm import tqdm
 
-from minimagen.checkpoint import FORMAT_KEY, atomic_save_safetensors, load_state_strict, read_safetensors
+from minimagen.checkpoint import TrainingState, save_training_state
 from minimagen.diffusion import diffusion_loss, prediction_of
 from minimagen.plot import save_grid
 from minimagen.samplers import ddim_sample
@@ -290,32 +290,17 @@ class Trainer:
         return self.out_dir / f"{CHECKPOINT_PREFIX}{step:08d}.safetensors"
 
     def save_checkpoint(self) -> pathlib.Path:
-        """Write everything needed to resume; atomically, then prune old checkpoints."""
-        tensors: dict[str, torch.Tensor] = {}
-        tensors.update({f"model/{k}": v for k, v in self.model.state_dict().items()})
-        tensors.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
-        optim = self.optimizer.state_dict()
-        for index, state in optim["state"].items():
-            for name, value in state.items():
-                tensors[f"optim/{index}/{name}"] = torch.as_tensor(value)
-        tensors["rng/generator"] = self.generator.get_state()
-        tensors["rng/torch"] = torch.get_rng_state()
-        steps, losses = zip(*self.history) if self.history else ((), ())
-        tensors["history/step"] = torch.tensor(steps, dtype=torch.int64)
-        tensors["history/loss"] = torch.tensor(losses, dtype=torch.float64)
-        groups = [{k: v for k, v in g.items() if k != "params"} for g in optim["param_groups"]]
+        """Write everything needed to resume (``checkpoint.save_training_state``), then prune old checkpoints."""
         metadata = {
             "step": self.step,
             "wall_time": self.wall_time,
             "train_config": dataclasses.asdict(self.config),
             "model_config": _model_config(self.model),
-            "optimizer_param_groups": groups,
             **self.extra_metadata,
         }
-        header = {k: json.dumps(v) for k, v in metadata.items()}
-        header[FORMAT_KEY] = "training"
         path = self.checkpoint_path(self.step)
-        atomic_save_safetensors(tensors, path, header)
+        save_training_state(path, model=self.model, ema=self.ema, optimizer=self.optimizer,
+                            generator=self.generator, history=self.history, metadata=metadata)
         for old in list_checkpoints(self.out_dir)[: -self.config.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path
@@ -330,34 +315,17 @@ class Trainer:
             if not found:
                 return False
             path = found[-1]
-        tensors, meta = read_safetensors(path, "training")
-        stored = meta.get("model_config")
+        state = TrainingState(path)
+        stored = state.meta.get("model_config")
         if stored is None or _model_config(self.model, stored) != _model_config(self.model):
             raise ValueError(
                 f"checkpoint {str(path)!r} was written for a different model config: "
-                f"{meta.get('model_config')} vs {_model_config(self.model)}"
+                f"{state.meta.get('model_config')} vs {_model_config(self.model)}"
             )
-
-        def section(prefix: str) -> dict[str, torch.Tensor]:
-            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-        load_state_strict(self.model, section("model/"), path)
-        load_state_strict(self.ema, section("ema/"), path)
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in section("optim/").items():
-            index, name = key.split("/", 1)
-            state.setdefault(int(index), {})[name] = value  # load_state_dict moves them
-        groups = meta["optimizer_param_groups"]
-        n_params = len(list(self.model.parameters()))
-        if len(groups) != 1:
-            raise ValueError(f"checkpoint {str(path)!r} has {len(groups)} optimizer groups, expected 1")
-        groups[0]["params"] = list(range(n_params))
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-        self.generator.set_state(tensors["rng/generator"])
-        torch.set_rng_state(tensors["rng/torch"])
-        self.step = int(meta["step"])
-        self.wall_time = float(meta.get("wall_time", 0.0))
-        self.history = list(zip(tensors["history/step"].tolist(), tensors["history/loss"].tolist()))
+        state.restore(model=self.model, ema=self.ema, optimizer=self.optimizer, generator=self.generator)
+        self.step = int(state.meta["step"])
+        self.wall_time = float(state.meta.get("wall_time", 0.0))
+        self.history = state.history
         return True
 
 

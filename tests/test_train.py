@@ -103,11 +103,10 @@ def test_a_killed_write_leaves_the_previous_checkpoint_loadable(tmp_path, monkey
     good = list_checkpoints(tmp_path)
     trainer.step += 1
 
-    def dies_midway(tensors, filename, metadata=None):
-        pathlib.Path(filename).write_bytes(b"half a file")
-        raise KeyboardInterrupt  # the process is killed while writing
+    def dies_midway(fd):
+        raise KeyboardInterrupt  # the process is killed after writing the temp file, before the rename
 
-    monkeypatch.setattr(ckpt, "save_file", dies_midway)
+    monkeypatch.setattr(ckpt.os, "fsync", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         trainer.save_checkpoint()
     assert list_checkpoints(tmp_path) == good
