@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from minimagen.checkpoint import load_state_strict, read_weights
 from minimagen.data import POSITIONS, parse_caption
+from minimagen.diffusion import ModelFn
 from minimagen.metrics import HEADS, IGNORE, fit_attribute_reader, probe_loss, scene_targets
-from minimagen.samplers import ModelFn
 from minimagen.unet import ResBlock, embedding_mlp, timestep_embedding
 
 

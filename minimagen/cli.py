@@ -82,6 +82,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -111,8 +121,6 @@ def _run_card(stage, model, *, schedule, data, command, train_config, steps, wal
 
 def demo(args: argparse.Namespace) -> pathlib.Path:
     """Train a small unconditional U-Net on one-object Shapes at 32 px, then DDIM-sample a grid."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the model's initial weights
     model = UNet(UNetConfig(**DEMO_UNET))
     data = Shapes(size=32, length=50_000, seed=args.seed, max_objects=1, textures=("plain",))
@@ -182,8 +190,6 @@ def _train_metadata(args: argparse.Namespace) -> dict:
 def train(args: argparse.Namespace) -> None:
     """Train a stage with the Trainer; resumes from the newest checkpoint in --out."""
     size, low, crop = _stage_shapes(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     encoder = TextEncoder(args.encoder, max_length=args.max_length, device=args.device, cache_size=args.cache_size)
     torch.manual_seed(args.seed)  # initial weights; every later draw comes from the trainer's generator
     unet_config = UNetConfig(
@@ -240,23 +246,16 @@ def export(args: argparse.Namespace) -> None:
     print(f"export: wrote {args.dest} ({model.num_parameters() / 1e6:.2f} M parameters, step {meta['step']})")
 
 
-def _threshold(choice: str) -> str | None:
-    """A ``--threshold`` choice as the samplers take it ("none" means no thresholding)."""
-    return None if choice == "none" else choice
-
-
 def sample(args: argparse.Namespace) -> list[pathlib.Path]:
     """Run the whole cascade for one or more prompts and write each stage's images as PNGs."""
     if not args.prompts or not all(p.strip() for p in args.prompts):
         raise ValueError("give at least one non-empty prompt")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
     n = len(imagen.stages)
     guidance = args.guidance if args.guidance is None or len(args.guidance) > 1 else args.guidance * n
     steps = args.steps if args.steps is None or len(args.steps) > 1 else args.steps * n
     start = time.perf_counter()
-    images = imagen.sample(args.prompts, guidance=guidance, steps=steps, threshold=_threshold(args.threshold),
+    images = imagen.sample(args.prompts, guidance=guidance, steps=steps, threshold=args.threshold,
                            aug_level=args.aug_level, seed=args.seed, device=args.device, progress=not args.quiet,
                            precision=args.precision)
     out = pathlib.Path(args.out)
@@ -271,8 +270,6 @@ def sample(args: argparse.Namespace) -> list[pathlib.Path]:
 
 def probe(args: argparse.Namespace) -> dict:
     """Train the attribute probe on clean renders, measure it on held-out scenes, ship it with a card."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model, losses = train_probe(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                 progress=not args.quiet)
@@ -306,8 +303,6 @@ def probe(args: argparse.Namespace) -> dict:
 
 def classifier(args: argparse.Namespace) -> dict:
     """Train the noisy classifier for classifier guidance; measure it on held-out scenes at several t."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     spec = {"kind": args.schedule, "T": args.T, "max_beta": args.max_beta}
     schedule = schedule_from_spec(spec)
     start = time.perf_counter()
@@ -344,8 +339,6 @@ def evaluate_sweep(args: argparse.Namespace) -> pathlib.Path:
     ``eval thresholding``: guidance weight x thresholding mode (Imagen Fig. A.9).
     ``eval steps``: 1000-step DDPM against DDIM with fewer steps (lesson 08).
     """
-    if args.threads:
-        torch.set_num_threads(args.threads)
     imagen = base_imagen(args.model, device=args.device)
     probe = load_probe(args.probe)
     common = dict(n=args.n, seed=args.seed, max_objects=args.max_objects, batch_size=args.batch_size, device=args.device,
@@ -410,19 +403,17 @@ def _add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0)
     if device:
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=_non_negative_int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def evaluate_sr(args: argparse.Namespace) -> dict:
     """``eval sr``: one SR stage against bicubic upsampling and the real renders, written as JSON."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
     result = sr_quality(imagen, args.stage, n=args.n, steps=args.steps, guidance=args.guidance,
                         aug_level=args.aug_level, seed=args.seed, batch_size=args.batch_size, device=args.device,
                         precision=args.precision, eta=args.eta,
-                        threshold=_threshold(args.threshold), progress=not args.quiet)
+                        threshold=args.threshold, progress=not args.quiet)
     for name, value in result.items():
         print(f"{args.stage}: {name:26s} {value:.4f}")
     out = pathlib.Path(args.out or f"data/results/{args.stage}.json")
@@ -547,8 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--modes", nargs="+", choices=["none", "static", "dynamic"], default=["static", "dynamic"])
             p.add_argument("--guidance", type=_non_negative_float, default=3.0)
             p.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM rows")
-        p.add_argument("--model", default="data/checkpoints/base64.safetensors", help="base model weights")
-        p.add_argument("--probe", default="data/checkpoints/probe.safetensors")
+        p.add_argument("--model", default=str(SHIPPED_DIR / "base64.safetensors"),
+                       help="base model weights (default: the shipped base64)")
+        p.add_argument("--probe", default=str(SHIPPED_DIR / "probe.safetensors"), help="default: the shipped probe")
         p.add_argument("--n", type=_positive_int, default=256, help="held-out prompts (samples) per setting")
         p.add_argument("--max-objects", type=int, choices=[1, 2], default=2, help="objects per prompt: 1, or 1 to 2")
         p.add_argument("--batch-size", type=_positive_int, default=64)
@@ -608,6 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command_line = "minimagen " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     command = " ".join(filter(None, (args.command, getattr(args, "what", None), getattr(args, "action", None))))
+    if getattr(args, "threads", 0):  # every long-running command takes --threads (_add_common)
+        torch.set_num_threads(args.threads)
     try:
         for path in _output_paths(args):
             if pathlib.Path(path).is_dir():

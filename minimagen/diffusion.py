@@ -27,16 +27,17 @@ from torch import Tensor
 
 from minimagen.schedules import NoiseSchedule, _gather
 
-__all__ = ["PREDICTIONS", "sample_timesteps", "diffusion_loss", "v_target", "eps_from_v", "prediction_of"]
+__all__ = ["PREDICTIONS", "ModelFn", "draw_device", "sample_timesteps", "diffusion_loss", "v_target", "eps_from_v", "prediction_of"]
 
 PREDICTIONS = ("eps", "v")  # what a U-Net's output means
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def _draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
-    # A torch.Generator draws only on its own device; draw there and move, so a CPU generator
-    # gives the same numbers whether the model runs on CPU or GPU.
+def draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    """Where to draw random numbers: on ``generator``'s own device (a torch.Generator draws only there), else
+    on ``device``. Drawing there and moving the result makes a CPU generator give the same numbers whether
+    the model runs on the CPU or a GPU."""
     return generator.device if generator is not None else device
 
 
@@ -56,7 +57,7 @@ def sample_timesteps(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    t = torch.randint(0, T, (batch_size,), generator=generator, device=_draw_device(generator, device))
+    t = torch.randint(0, T, (batch_size,), generator=generator, device=draw_device(generator, device))
     return t.to(device)
 
 
@@ -123,7 +124,7 @@ def diffusion_loss(
         t = sample_timesteps(B, schedule.T, generator=generator, device=x0.device)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
-                            device=_draw_device(generator, x0.device)).to(x0.device)
+                            device=draw_device(generator, x0.device)).to(x0.device)
 
     x_t = schedule.q_sample(x0, t, noise)  # also checks a given t ([B], 0 <= t < T) and noise's shape
     eps_hat = model_fn(x_t, t)

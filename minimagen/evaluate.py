@@ -151,7 +151,7 @@ def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, max_objects,
         if mode not in THRESHOLD_MODES:
             raise ValueError(f"modes must be among {THRESHOLD_MODES}, got {mode!r}")
         start = time.perf_counter()
-        images = sample_in_batches(imagen, captions, guidance=w, threshold=None if mode == "none" else mode,
+        images = sample_in_batches(imagen, captions, guidance=w, threshold=mode,
                                    steps=steps, seed=seed, batch_size=batch_size, device=device, clamp=False,
                                    eta=1.0 if sampler == "ddpm" else 0.0, precision=precision)
         per_image = (time.perf_counter() - start) / n

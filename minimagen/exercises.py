@@ -755,7 +755,7 @@ def _check_settings(name: str, settings, max_steps: int) -> dict:
                     f"got {steps!r}")
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
         _fail(name, f"eta must be a number in [0, 1], got {eta!r}")
-    return {"guidance": float(w), "threshold": None if mode == "none" else mode, "steps": steps, "eta": float(eta)}
+    return {"guidance": float(w), "threshold": mode, "steps": steps, "eta": float(eta)}
 
 
 def check_sampler_settings(choose: Callable[[], dict], imagen, probe, *, n: int = 32, margin: float = 0.04,

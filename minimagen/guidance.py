@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from minimagen.diffusion import eps_from_v, prediction_of
-from minimagen.samplers import ModelFn
+from minimagen.diffusion import ModelFn, eps_from_v, prediction_of
 
 
 

@@ -23,12 +23,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from minimagen.diffusion import ModelFn, draw_device
 from minimagen.schedules import NoiseSchedule
 from minimagen.thresholding import Threshold, resolve_threshold
 
 __all__ = ["ddpm_sample", "ddim_sample", "ddim_timesteps"]
 
-ModelFn = Callable[[Tensor, Tensor], Tensor]
 # callback(i, t, x_t, x0_hat): step index i, timestep t, the state entering the step, and its
 # (thresholded) x0 prediction; e.g. to plot how x0_hat sharpens during sampling.
 Callback = Callable[[int, int, Tensor, Tensor], None]
@@ -59,10 +59,8 @@ def _initial_noise(shape, x_T, generator, device) -> Tensor:
 
 
 def _randn(shape, generator, device, dtype) -> Tensor:
-    # A generator draws on its own device: draw there and move, so a seed gives the same samples
-    # on CPU and GPU.
-    draw_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+    # Drawn on the generator's device and moved, so a seed gives the same samples on CPU and GPU.
+    return torch.randn(shape, generator=generator, device=draw_device(generator, device), dtype=dtype).to(device)
 
 
 def _resolve_device(device, x_T) -> torch.device:

@@ -246,3 +246,15 @@ def test_eval_sr_defaults_to_the_shipped_cascade(tmp_path, capsys):
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError, match="has no imagen.json"):
         cli.main(["--debug", "sample", "a red circle", "--models", str(tmp_path)])
+
+
+def test_eval_defaults_to_the_shipped_models_from_any_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # not the repository: the defaults must not depend on the working folder
+    assert cli.main(["eval", "thresholding", "--n", "2", "--weights", "3", "--modes", "static", "--steps", "2",
+                     "--out", "sweep.csv", "--quiet", "--threads", "1"]) == 0
+    text = (tmp_path / "sweep.csv").read_text()
+    assert "base64.safetensors" in text and "probe.safetensors" in text and (tmp_path / "sweep.png").is_file()
+
+
+def test_bad_threads_is_one_line(capsys):
+    _argparse_error(capsys, ["sample", "a red circle", "--threads", "-2"], "minimagen sample: error:", ">= 0")
