@@ -371,31 +371,38 @@ def check_q_posterior(fn: Callable) -> CheckResult:
 # -- exercise 3: x0 from eps and from v -----------------------------------------------------------------
 
 
+def _x0_cases(name: str, fn: Callable, tables: ScheduleTables, seed: int):
+    """x_t and a prediction (eps or v) in float64, then float32 (so a float32 miss is round-off), at random t,
+    t = 0 and t = T-1; yields (case, x_t, t, prediction, the student's x0_hat)."""
+    g = torch.Generator().manual_seed(seed)
+    for dtype in (torch.float64, torch.float32):
+        x_t = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
+        prediction = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
+        for case, t in _t_cases(4, tables.T, g):
+            out = _tensor_out(name, _call(name, fn, x_t, t, prediction, tables), x_t, "x0_hat")
+            yield f"{case}, {dtype}", x_t, t, prediction, out
+
+
 def check_x0_from_eps(fn: Callable) -> CheckResult:
     """``fn(x_t, t, eps, tables) -> x0_hat``: DDPM eq. 4 solved for x0."""
     name = "x0_from_eps"
     schedule, tables = _tables()
-    g = torch.Generator().manual_seed(4)
-    for dtype in (torch.float64, torch.float32):  # float64 first: then a float32 miss is round-off
-        x_t = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
-        eps = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
-        for case, t in _t_cases(4, schedule.T, g):
-            out = _tensor_out(name, _call(name, fn, x_t, t, eps, tables), x_t, "x0_hat")
-            ab, a = _col(tables.alphas_cumprod, t, x_t), _col(tables.alphas, t, x_t)
-            x, e = x_t.double(), eps.double()
-            _diagnose(name, out, schedule.predict_x0(x_t, t, eps), {
-                "a square root is missing: x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)":
-                    (x - (1 - ab) * e) / ab,
-                "you used alpha_t where alpha_bar_t belongs": (x - (1 - a).sqrt() * e) / a.sqrt(),
-                "the noise must be subtracted from x_t, not added": (x + (1 - ab).sqrt() * e) / ab.sqrt(),
-                "you removed the noise but did not divide by sqrt(alpha_bar_t), the signal's coefficient":
-                    x - (1 - ab).sqrt() * e,
-                "the t index is off by one: alphas_cumprod[t] belongs to x_t":
-                    (x - (1 - _col(torch.roll(tables.alphas_cumprod, 1), t, x_t)).sqrt() * e)
-                    / _col(torch.roll(tables.alphas_cumprod, 1), t, x_t).sqrt(),
-                "x0_hat is what the sampler thresholds later: return it unclipped": ((x - (1 - ab).sqrt() * e)
-                                                                                     / ab.sqrt()).clamp(-1, 1),
-            }, f"{case}, {dtype}", rtol=1e-4, precision_hint=True)
+    for case, x_t, t, eps, out in _x0_cases(name, fn, tables, seed=4):
+        ab, a = _col(tables.alphas_cumprod, t, x_t), _col(tables.alphas, t, x_t)
+        x, e = x_t.double(), eps.double()
+        _diagnose(name, out, schedule.predict_x0(x_t, t, eps), {
+            "a square root is missing: x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)":
+                (x - (1 - ab) * e) / ab,
+            "you used alpha_t where alpha_bar_t belongs": (x - (1 - a).sqrt() * e) / a.sqrt(),
+            "the noise must be subtracted from x_t, not added": (x + (1 - ab).sqrt() * e) / ab.sqrt(),
+            "you removed the noise but did not divide by sqrt(alpha_bar_t), the signal's coefficient":
+                x - (1 - ab).sqrt() * e,
+            "the t index is off by one: alphas_cumprod[t] belongs to x_t":
+                (x - (1 - _col(torch.roll(tables.alphas_cumprod, 1), t, x_t)).sqrt() * e)
+                / _col(torch.roll(tables.alphas_cumprod, 1), t, x_t).sqrt(),
+            "x0_hat is what the sampler thresholds later: return it unclipped": ((x - (1 - ab).sqrt() * e)
+                                                                                 / ab.sqrt()).clamp(-1, 1),
+        }, case, rtol=1e-4, precision_hint=True)
     _check_device(name, fn, x_t, t, eps, tables)
     return _passed(name, "matches (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) at random t, t = 0 and "
                          "t = T-1 (where it multiplies eps's error by ~200), in float32 and float64")
@@ -405,30 +412,25 @@ def check_x0_from_v(fn: Callable) -> CheckResult:
     """``fn(x_t, t, v, tables) -> x0_hat``: the x0 implied by a v-predicting U-Net's output (the exercise derives it)."""
     name = "x0_from_v"
     schedule, tables = _tables()
-    g = torch.Generator().manual_seed(5)
-    for dtype in (torch.float64, torch.float32):  # float64 first: then a float32 miss is round-off
-        x_t = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
-        v = torch.randn(4, 3, 8, 8, generator=g, dtype=dtype)
-        for case, t in _t_cases(4, schedule.T, g):
-            out = _tensor_out(name, _call(name, fn, x_t, t, v, tables), x_t, "x0_hat")
-            # in float64: the float32 round trip through eps multiplies rounding by 1/sqrt(alpha_bar) ~ 200
-            xd, vd = x_t.double(), v.double()
-            ref = schedule.predict_x0(xd, t, eps_from_v(vd, xd, t, schedule))
-            ab, a = _col(tables.alphas_cumprod, t, x_t), _col(tables.alphas, t, x_t)
-            x, vv = x_t.double(), v.double()
-            _diagnose(name, out, ref, {
-                "that is the noise, not x0: redo the substitution for x0 instead of eps":
-                    ab.sqrt() * vv + (1 - ab).sqrt() * x,
-                "the coefficients of x_t and v are swapped":
-                    (1 - ab).sqrt() * x - ab.sqrt() * vv,
-                "a sign is wrong: check the sign of v's term after the substitution":
-                    ab.sqrt() * x + (1 - ab).sqrt() * vv,
-                "a square root is missing": ab * x - (1 - ab) * vv,
-                "you used alpha_t where alpha_bar_t belongs": a.sqrt() * x - (1 - a).sqrt() * vv,
-                "the t index is off by one: alphas_cumprod[t] belongs to x_t":
-                    _col(torch.roll(tables.alphas_cumprod, 1), t, x_t).sqrt() * x
-                    - (1 - _col(torch.roll(tables.alphas_cumprod, 1), t, x_t)).sqrt() * vv,
-            }, f"{case}, {dtype}", rtol=1e-4, precision_hint=True)
+    for case, x_t, t, v, out in _x0_cases(name, fn, tables, seed=5):
+        # in float64: the float32 round trip through eps multiplies rounding by 1/sqrt(alpha_bar) ~ 200
+        xd, vd = x_t.double(), v.double()
+        ref = schedule.predict_x0(xd, t, eps_from_v(vd, xd, t, schedule))
+        ab, a = _col(tables.alphas_cumprod, t, x_t), _col(tables.alphas, t, x_t)
+        x, vv = x_t.double(), v.double()
+        _diagnose(name, out, ref, {
+            "that is the noise, not x0: redo the substitution for x0 instead of eps":
+                ab.sqrt() * vv + (1 - ab).sqrt() * x,
+            "the coefficients of x_t and v are swapped":
+                (1 - ab).sqrt() * x - ab.sqrt() * vv,
+            "a sign is wrong: check the sign of v's term after the substitution":
+                ab.sqrt() * x + (1 - ab).sqrt() * vv,
+            "a square root is missing": ab * x - (1 - ab) * vv,
+            "you used alpha_t where alpha_bar_t belongs": a.sqrt() * x - (1 - a).sqrt() * vv,
+            "the t index is off by one: alphas_cumprod[t] belongs to x_t":
+                _col(torch.roll(tables.alphas_cumprod, 1), t, x_t).sqrt() * x
+                - (1 - _col(torch.roll(tables.alphas_cumprod, 1), t, x_t)).sqrt() * vv,
+        }, case, rtol=1e-4, precision_hint=True)
     _check_device(name, fn, x_t, t, v, tables)
     return _passed(name, "matches the x0 implied by v at random t, t = 0 and t = T-1 (no blow-up at high noise), "
                          "in float32 and float64")
