@@ -255,7 +255,6 @@ class Imagen:
         guidance, steps = _per_stage("guidance", guidance, n_all, n), _per_stage("steps", steps, n_all, n)
         text, mask = self.text_encoder.encode(prompts)  # (B, L, D), (B, L); checks the prompts
         text, mask = text.to(device), mask.to(device)
-        b = text.shape[0]
         generator = torch.Generator().manual_seed(seed)
         images: list[Tensor] = []
         for stage, w, k in zip(self.stages[:n], guidance, steps):

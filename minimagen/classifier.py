@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimagen.checkpoint import load_state_strict, read_weights
-from minimagen.data import POSITIONS, parse_caption
+from minimagen.data import HELD_OUT_SEED, POSITIONS, Shapes, parse_caption
 from minimagen.diffusion import ModelFn
-from minimagen.metrics import HEADS, IGNORE, fit_attribute_reader, probe_loss, scene_targets
+from minimagen.metrics import HEADS, IGNORE, attribute_accuracy, fit_attribute_reader, probe_loss, scene_targets
 from minimagen.unet import ResBlock, embedding_mlp, timestep_embedding
 
 
@@ -117,6 +117,23 @@ def train_noisy_classifier(schedule, steps: int = 3000, batch_size: int = 32, lr
     losses = fit_attribute_reader(classifier, batch_loss, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                                   desc="classifier", progress=progress)
     return classifier.eval(), losses
+
+
+@torch.no_grad()
+def classifier_accuracy(classifier: NoisyClassifier, schedule, n: int = 500, seed: int = HELD_OUT_SEED,
+                        levels: tuple[int, ...] = (0, 250, 500, 750, 900)) -> dict[str, dict[str, float]]:
+    """The classifier's accuracy per head on ``n`` held-out scenes noised to each timestep in ``levels``
+    (the same noise at every level), keyed "t=<level>" and rounded to 4 digits."""
+    held_out = Shapes(size=64, length=n, seed=seed)
+    x0 = torch.stack([held_out[i][0] for i in range(n)])
+    scenes = [held_out.scene(i) for i in range(n)]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    accuracy = {}
+    for level in levels:
+        t = torch.full((n,), min(level, schedule.T - 1))
+        row = attribute_accuracy(lambda x: classifier(x, t), schedule.q_sample(x0, t, noise), scenes)
+        accuracy[f"t={int(t[0])}"] = {name: round(value, 4) for name, value in row.items()}
+    return accuracy
 
 
 def load_noisy_classifier(path) -> tuple[NoisyClassifier, dict]:

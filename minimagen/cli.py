@@ -31,8 +31,8 @@ from minimagen.checkpoint import (
     model_card,
     save_weights,
 )
-from minimagen.classifier import train_noisy_classifier
-from minimagen.data import Shapes
+from minimagen.classifier import classifier_accuracy, train_noisy_classifier
+from minimagen.data import HELD_OUT_SEED, Shapes
 from minimagen.evaluate import (
     base_imagen,
     plot_steps,
@@ -43,7 +43,7 @@ from minimagen.evaluate import (
     threshold_sweep,
     write_csv,
 )
-from minimagen.metrics import attribute_accuracy, corrupt, load_probe, train_probe
+from minimagen.metrics import load_probe, probe_accuracy, train_probe
 from minimagen.plot import save_grid
 from minimagen.samplers import ddpm_sample
 from minimagen.schedules import NoiseSchedule, schedule_from_spec
@@ -263,24 +263,13 @@ def probe(args: argparse.Namespace) -> dict:
     model, losses = train_probe(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                 progress=not args.quiet)
     wall = time.perf_counter() - start
-    held_out = Shapes(size=64, length=args.eval_n, seed=args.seed + 1000)  # scenes never seen in training
-    generator = torch.Generator().manual_seed(args.seed + 1000)
-    accuracy: dict[str, dict[str, float]] = {"clean": {}, "corrupted": {}}
-    for first in range(0, args.eval_n, 250):
-        idx = range(first, min(first + 250, args.eval_n))
-        images = torch.stack([held_out[i][0] for i in idx])
-        scenes = [held_out.scene(i) for i in idx]
-        for kind, x in (("clean", images), ("corrupted", corrupt(images, generator))):
-            part = attribute_accuracy(model, x, scenes)
-            for name, value in part.items():  # chunks of 250 (the last may be smaller): weight by size
-                accuracy[kind][name] = accuracy[kind].get(name, 0.0) + value * len(idx) / args.eval_n
-    accuracy = {kind: {k: round(v, 4) for k, v in table.items()} for kind, table in accuracy.items()}
+    accuracy = probe_accuracy(model, n=args.eval_n)
     config = {"kind": "AttributeProbe", "width": 32, "feature_dim": 128}
     card = model_card(
         "probe", config, sum(p.numel() for p in model.parameters()), losses=losses,
         training={"command": args.command_line, "steps": args.steps, "batch_size": args.batch_size,
                   "lr": args.lr, "seed": args.seed, "wall_time_s": round(wall, 1)},
-        data={"dataset": "Shapes", "size": 64, "seed": args.seed, "held_out_seed": args.seed + 1000},
+        data={"dataset": "Shapes", "size": 64, "seed": args.seed, "held_out_seed": HELD_OUT_SEED},
         held_out_accuracy=accuracy, held_out_images=args.eval_n,
     )
     save_weights(model, args.out, config, card=card, extra={"stage": "probe"})
@@ -298,24 +287,15 @@ def classifier(args: argparse.Namespace) -> dict:
     model, losses = train_noisy_classifier(schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                            seed=args.seed, width=args.width, progress=not args.quiet)
     wall = time.perf_counter() - start
-    held_out = Shapes(size=64, length=args.eval_n, seed=args.seed + 1000)
-    x0 = torch.stack([held_out[i][0] for i in range(args.eval_n)])
-    scenes = [held_out.scene(i) for i in range(args.eval_n)]
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(args.seed + 1000))
-    accuracy = {}
-    for level in (0, 250, 500, 750, 900):
-        t = torch.full((args.eval_n,), min(level, args.T - 1))
-        with torch.no_grad():
-            row = attribute_accuracy(lambda x: model(x, t), schedule.q_sample(x0, t, noise), scenes)
-        row = {name: round(value, 4) for name, value in row.items()}
-        accuracy[f"t={int(t[0])}"] = row
-        print(f"classifier: held-out accuracy at t={int(t[0])}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    accuracy = classifier_accuracy(model, schedule, n=args.eval_n)
+    for level, row in accuracy.items():
+        print(f"classifier: held-out accuracy at {level}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
     config = {"kind": "NoisyClassifier", "width": model.width, "feature_dim": model.feature_dim}
     card = model_card(
         "classifier", config, sum(p.numel() for p in model.parameters()), losses=losses,
         training={"command": args.command_line, "steps": args.steps, "batch_size": args.batch_size,
                   "lr": args.lr, "seed": args.seed, "wall_time_s": round(wall, 1)},
-        schedule=spec, held_out_accuracy=accuracy, held_out_images=args.eval_n,
+        schedule=spec, held_out_accuracy=accuracy, held_out_images=args.eval_n, held_out_seed=HELD_OUT_SEED,
     )
     save_weights(model, args.out, config, card=card, extra={"stage": "classifier", "schedule": spec})
     print(f"classifier: wrote {args.out}")

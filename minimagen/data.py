@@ -68,6 +68,9 @@ CROSS_ARM = 1 / 3  # half-width of a cross's arm, as a fraction of its half-exte
 MIN_INTERNAL = 256  # render at >= this many pixels, then average down: anti-aliases corners and dots
 MIN_SIZE = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# The seed of the held-out scenes every measurement reads (probe and classifier accuracy, evaluation prompts,
+# SR quality); training runs use small seeds, so these scenes are never trained on.
+HELD_OUT_SEED = 10_000
 
 
 # --- Scenes and captions ------------------------------------------------------------------------------

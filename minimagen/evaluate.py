@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from minimagen.cascade import Imagen, Stage, SuperResolutionPairs, upsample
 from minimagen.checkpoint import atomic_write_bytes, load_unet
-from minimagen.data import COLOURS, POSITIONS, Shapes, SHAPES, SIZES, parse_caption
+from minimagen.data import COLOURS, HELD_OUT_SEED, POSITIONS, Shapes, SHAPES, SIZES, parse_caption
 from minimagen.metrics import (
     AttributeProbe,
     alignment,
@@ -40,7 +40,7 @@ from minimagen.metrics import (
 )
 from minimagen.text import TextEncoder
 
-EVAL_SEED = 10_000  # scenes the evaluation prompts come from; training runs use small seeds
+EVAL_SEED = HELD_OUT_SEED  # scenes the evaluation prompts come from (data.HELD_OUT_SEED)
 THRESHOLD_MODES = ("none", "static", "dynamic")
 # The guidance weights of Imagen's thresholding Pareto curves (Fig. A.9).
 PAPER_WEIGHTS = (1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -26,9 +26,9 @@ from torch import Tensor
 from minimagen.cascade import sr_inputs, upsample
 from minimagen.diffusion import eps_from_v, prediction_of
 from minimagen.evaluate import eval_prompts, sample_in_batches
-from minimagen.guidance import as_eps, cfg, guided_model_fn
+from minimagen.guidance import cfg, guided_model_fn
 from minimagen.metrics import alignment
-from minimagen.samplers import ddim_sample, ddim_timesteps
+from minimagen.samplers import ddim_sample
 from minimagen.schedules import NoiseSchedule
 from minimagen.thresholding import dynamic_threshold, static_threshold
 
@@ -547,8 +547,8 @@ def check_ddim_sampler(fn: Callable) -> CheckResult:
             hint = "with steps = 1 the sampler makes one step from t = T-1 straight to alpha_bar = 1"
         else:
             hint = ("the samples differ at eta = 0: visit the timesteps of minimagen.samplers.ddim_timesteps "
-                    f"(T-1 first, 0 last), step each to the next visited one, and take the last step to "
-                    f"alpha_bar = 1 (not to alpha_bar_0); check_ddim_step should pass first")
+                    "(T-1 first, 0 last), step each to the next visited one, and take the last step to "
+                    "alpha_bar = 1 (not to alpha_bar_0); check_ddim_step should pass first")
         err = (out.double() - ref.double()).abs().max().item()
         _fail(name, f"{hint} (steps = {steps}, eta = {eta}; largest difference {err:.3g})")
     return _passed(name, "equals ddim_sample draw for draw at 10 and 1 deterministic steps, 25 ancestral "

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minimagen.checkpoint import load_state_strict, read_weights
-from minimagen.data import BACKGROUND, COLOURS, POSITIONS, Scene, Shapes, SHAPES, SIZES, parse_caption
+from minimagen.data import BACKGROUND, COLOURS, HELD_OUT_SEED, POSITIONS, Scene, Shapes, SHAPES, SIZES, parse_caption
 
 # What the probe reads at each position: is there an object, and if so its colour, shape and size.
 # (Texture is invisible at 64 px by design, so the 64 px probe does not read it.)
@@ -239,6 +239,22 @@ def train_probe(steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed:
     losses = fit_attribute_reader(probe, batch_loss, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                                   desc="probe", progress=progress)
     return probe.eval(), losses
+
+
+def probe_accuracy(probe: AttributeProbe, n: int = 1000, seed: int = HELD_OUT_SEED,
+                   chunk: int = 250) -> dict[str, dict[str, float]]:
+    """The probe's accuracy per head on ``n`` held-out scenes, clean and ``corrupt``-ed (rounded to 4 digits)."""
+    held_out = Shapes(size=64, length=n, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    accuracy: dict[str, dict[str, float]] = {"clean": {}, "corrupted": {}}
+    for first in range(0, n, chunk):
+        idx = range(first, min(first + chunk, n))
+        images = torch.stack([held_out[i][0] for i in idx])
+        scenes = [held_out.scene(i) for i in idx]
+        for kind, x in (("clean", images), ("corrupted", corrupt(images, generator))):
+            for name, value in attribute_accuracy(probe, x, scenes).items():  # weight each chunk by its size
+                accuracy[kind][name] = accuracy[kind].get(name, 0.0) + value * len(idx) / n
+    return {kind: {k: round(v, 4) for k, v in table.items()} for kind, table in accuracy.items()}
 
 
 def load_probe(path) -> AttributeProbe:

@@ -24,7 +24,7 @@ from torch import nn
 from minimagen.diffusion import PREDICTIONS
 
 
-@dataclass
+@dataclass(frozen=True)
 class UNetConfig:
     image_size: int  # side of the square images this U-Net is built for (64 for the base model)
     in_channels: int = 3  # channels of x_t
@@ -47,7 +47,7 @@ class UNetConfig:
     def __post_init__(self):
         # JSON gives lists back; the config keeps tuples so that it stays hashable and comparable.
         for name in ("channel_mults", "blocks_per_level", "self_attention_levels", "cross_attention_levels"):
-            setattr(self, name, tuple(getattr(self, name)))
+            object.__setattr__(self, name, tuple(getattr(self, name)))  # frozen: set once, here
         levels = len(self.channel_mults)
         if levels == 0 or any(m < 1 for m in self.channel_mults):
             raise ValueError(f"UNetConfig.channel_mults must be ints >= 1, got {self.channel_mults}")
