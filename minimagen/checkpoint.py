@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import platform
 import tempfile
 from typing import Any
 
@@ -154,6 +155,23 @@ def model_card(stage: str, config: dict[str, Any], parameters: int, *, training:
     return card
 
 
+def run_card(stage, model, *, schedule, data, command, train_config, steps, wall_time, history,
+             text=None, hardware=None) -> dict:
+    """The model card of a U-Net trained by the Trainer (``demo``, ``export``)."""
+    sections = {"schedule": schedule, "data": data, **({"text": text} if text is not None else {})}
+    training = {
+        "command": command,
+        "train_config": train_config,
+        "seed": train_config["seed"],
+        "steps": steps,
+        "wall_time_s": round(wall_time, 1),
+        "hardware": hardware or f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+        "loss_history": [[int(step), round(loss, 5)] for step, loss in history],
+    }
+    return model_card(stage, model.config.to_dict(), model.num_parameters(), training=training,
+                      losses=[loss for _, loss in history], weights="EMA weights, fp16", **sections)
+
+
 # -- training checkpoints ------------------------------------------------------------------------------------
 #
 # Layout of a "training" file: model/<key> and ema/<key> (the two state dicts), optim/<param index>/<name>
@@ -182,6 +200,17 @@ def save_training_state(path: str | os.PathLike, *, model: torch.nn.Module, ema:
     header = {k: json.dumps(v) for k, v in {**metadata, "optimizer_param_groups": groups}.items()}
     header[FORMAT_KEY] = "training"
     atomic_save_safetensors(tensors, path, header)
+
+
+CHECKPOINT_PREFIX = "step_"  # a run folder's checkpoints are step_<8 digits>.safetensors
+
+
+def list_checkpoints(out_dir: str | os.PathLike) -> list[pathlib.Path]:
+    """Complete training checkpoints in ``out_dir``, oldest first (temp files of a killed write are skipped)."""
+    out_dir = pathlib.Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    return sorted(out_dir.glob(f"{CHECKPOINT_PREFIX}*.safetensors"))
 
 
 class TrainingState:
@@ -218,6 +247,29 @@ class TrainingState:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
         generator.set_state(self.tensors["rng/generator"])
         torch.set_rng_state(self.tensors["rng/torch"])
+
+
+def export_run(run: str | os.PathLike, dest: str | os.PathLike, *, hardware: str | None = None,
+               evaluation: list[dict] = ()) -> tuple[UNet, int]:
+    """Ship a run: the EMA weights of its newest checkpoint as fp16 ``dest`` with its model card (and any
+    ``evaluation`` records of it); returns the model and the step it was taken at."""
+    found = list_checkpoints(run)
+    if not found:
+        raise ValueError(f"no checkpoint in {str(run)!r} (expected a run folder written by `minimagen train`)")
+    state = TrainingState(found[-1])
+    meta = state.meta
+    model = UNet(UNetConfig.from_dict(meta["model_config"]))
+    load_state_strict(model, state.ema, found[-1])
+    card = run_card(
+        meta.get("stage"), model, schedule=meta.get("schedule"), data=meta.get("data"), text=meta.get("text"),
+        command=meta.get("command"), train_config=meta["train_config"], steps=meta["step"],
+        wall_time=meta.get("wall_time", 0.0), history=state.history, hardware=hardware,
+    )
+    if evaluation:
+        card["evaluation"] = list(evaluation)
+    header = {k: meta.get(k) for k in ("stage", "schedule", "text", "size")}
+    save_weights(model, dest, meta["model_config"], card=card, extra=header)
+    return model, int(meta["step"])
 
 
 # The checkpoints this repository ships (trained by its own commands; each has a JSON model card).

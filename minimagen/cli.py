@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import platform
 import shlex
 import sys
 import time
@@ -23,14 +22,7 @@ import torch
 
 from minimagen import grading
 from minimagen.cascade import Imagen, SuperResolutionPairs, SuperResolutionTrainer
-from minimagen.checkpoint import (
-    SHIPPED_DIR,
-    TrainingState,
-    atomic_write_bytes,
-    load_state_strict,
-    model_card,
-    save_weights,
-)
+from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, model_card, run_card, save_weights
 from minimagen.classifier import classifier_accuracy, train_noisy_classifier
 from minimagen.data import HELD_OUT_SEED, Shapes
 from minimagen.evaluate import (
@@ -46,23 +38,10 @@ from minimagen.evaluate import (
 from minimagen.metrics import load_probe, probe_accuracy, train_probe
 from minimagen.plot import save_grid
 from minimagen.samplers import ddpm_sample
-from minimagen.schedules import NoiseSchedule, schedule_from_spec
+from minimagen.schedules import schedule_from_spec
 from minimagen.text import TextEncoder
-from minimagen.train import TrainConfig, Trainer, list_checkpoints
+from minimagen.train import DEMO_SCHEDULE, TrainConfig, Trainer, demo_trainer
 from minimagen.unet import PRESETS, UNet, UNetConfig
-
-DEMO_UNET = dict(
-    image_size=32,
-    channels=32,
-    channel_mults=(1, 2, 2),
-    blocks_per_level=(1, 1, 1),
-    self_attention_levels=(False, False, True),
-    cross_attention_levels=(False, False, False),
-    text_dim=None,
-    skip_scale=2**-0.5,
-    efficient_updown=True,
-)
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line, ``minimagen <command>: error: ...``, and exit status 2."""
@@ -91,53 +70,27 @@ _non_negative_int = _number(int, 0, "an integer >= 0")
 _non_negative_float = _number(float, 0.0, "a number >= 0")
 
 
-def _run_card(stage, model, *, schedule, data, command, train_config, steps, wall_time, history,
-              text=None, hardware=None) -> dict:
-    """The model card of a U-Net trained by the Trainer (``demo``, ``export``)."""
-    sections = {"schedule": schedule, "data": data, **({"text": text} if text is not None else {})}
-    training = {
-        "command": command,
-        "train_config": train_config,
-        "seed": train_config["seed"],
-        "steps": steps,
-        "wall_time_s": round(wall_time, 1),
-        "hardware": hardware or f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
-        "loss_history": [[int(step), round(loss, 5)] for step, loss in history],
-    }
-    return model_card(stage, model.config.to_dict(), model.num_parameters(), training=training,
-                      losses=[loss for _, loss in history], weights="EMA weights, fp16", **sections)
-
-
 def demo(args: argparse.Namespace) -> pathlib.Path:
-    """Train a small unconditional U-Net on one-object Shapes at 32 px, then DDIM-sample a grid."""
-    torch.manual_seed(args.seed)  # the model's initial weights
-    model = UNet(UNetConfig(**DEMO_UNET))
-    data = Shapes(size=32, length=50_000, seed=args.seed, max_objects=1, textures=("plain",))
-    schedule = NoiseSchedule.cosine(1000, max_beta=0.2)  # see the note on max_beta in `train --max-beta`
-    config = TrainConfig(
-        steps=args.steps, batch_size=32, lr=1e-3, warmup_steps=50, ema_decay=0.995,
-        checkpoint_every=0, seed=args.seed,
-    )
-    run_dir = pathlib.Path(args.out).with_suffix("")
-    trainer = Trainer(model, data, schedule, config, run_dir / "checkpoints")
-    print(f"demo: training a {model.num_parameters() / 1e6:.2f} M-parameter U-Net for {args.steps} steps")
+    """Train a small unconditional U-Net on one-object Shapes at 32 px, then DDPM-sample a grid."""
+    trainer = demo_trainer(args.steps, args.seed, pathlib.Path(args.out).with_suffix("") / "checkpoints")
+    print(f"demo: training a {trainer.model.num_parameters() / 1e6:.2f} M-parameter U-Net for {args.steps} steps")
     trainer.fit(progress=not args.quiet)
     # DDPM's reference sampler clips x0_hat to [-1, 1] at every step: static thresholding (lesson 07).
     images = ddpm_sample(
-        trainer.ema, (args.n, 3, 32, 32), schedule, threshold="static",
+        trainer.ema, (args.n, 3, 32, 32), trainer.schedule, threshold="static",
         generator=torch.Generator().manual_seed(args.seed), progress=not args.quiet,
     )
     path = save_grid(images, args.out)
     print(f"demo: final loss {trainer.history[-1][1]:.4f}, {trainer.wall_time:.0f} s of training; wrote {path}")
     if args.save:
-        card = _run_card(
-            "uncond32", model, schedule={"kind": "cosine", "T": 1000, "max_beta": 0.2},
+        card = run_card(
+            "uncond32", trainer.model, schedule=DEMO_SCHEDULE,
             data={"dataset": "Shapes", "size": 32, "seed": args.seed, "max_objects": 1, "textures": ["plain"]},
-            command=args.command_line, train_config=dataclasses.asdict(config), steps=trainer.step,
+            command=args.command_line, train_config=dataclasses.asdict(trainer.config), steps=trainer.step,
             wall_time=trainer.wall_time, history=trainer.history,
         )
-        save_weights(trainer.ema, args.save, model.config.to_dict(), card=card,
-                     extra={"stage": "uncond32", "schedule": card["schedule"]})
+        save_weights(trainer.ema, args.save, trainer.model.config.to_dict(), card=card,
+                     extra={"stage": "uncond32", "schedule": DEMO_SCHEDULE})
         print(f"demo: saved the EMA weights to {args.save}")
     return path
 
@@ -211,28 +164,13 @@ def train(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     """Write the EMA weights of a run's newest checkpoint as fp16 safetensors + a JSON model card."""
-    found = list_checkpoints(args.run)
-    if not found:
-        raise ValueError(f"no checkpoint in {args.run!r} (expected a run folder written by `minimagen train`)")
-    state = TrainingState(found[-1])
-    meta, history = state.meta, state.history
-    model = UNet(UNetConfig.from_dict(meta["model_config"]))
-    load_state_strict(model, state.ema, found[-1])
-    card = _run_card(
-        meta.get("stage"), model, schedule=meta.get("schedule"), data=meta.get("data"), text=meta.get("text"),
-        command=meta.get("command"), train_config=meta["train_config"], steps=meta["step"],
-        wall_time=meta.get("wall_time", 0.0), history=history, hardware=args.hardware,
-    )
+    evaluation = []
     for csv_path in args.evaluation or []:  # measurements of this model (`minimagen eval ...`), kept on its card
-
         lines = pathlib.Path(csv_path).read_text().splitlines()
-        card.setdefault("evaluation", []).append({
-            "made_by": [line[2:] for line in lines if line.startswith("# ")],
-            "rows": [dataclasses.asdict(r) for r in read_csv(csv_path)],
-        })
-    header = {k: meta.get(k) for k in ("stage", "schedule", "text", "size")}
-    save_weights(model, args.dest, meta["model_config"], card=card, extra=header)
-    print(f"export: wrote {args.dest} ({model.num_parameters() / 1e6:.2f} M parameters, step {meta['step']})")
+        evaluation.append({"made_by": [line[2:] for line in lines if line.startswith("# ")],
+                           "rows": [dataclasses.asdict(r) for r in read_csv(csv_path)]})
+    model, step = export_run(args.run, args.dest, hardware=args.hardware, evaluation=evaluation)
+    print(f"export: wrote {args.dest} ({model.num_parameters() / 1e6:.2f} M parameters, step {step})")
 
 
 def sample(args: argparse.Namespace) -> list[pathlib.Path]:

@@ -28,16 +28,17 @@ from typing import Any, Literal, Sequence
 import torch
 from tqdm import tqdm
 
-from minimagen.checkpoint import TrainingState, save_training_state
+from minimagen.checkpoint import CHECKPOINT_PREFIX, TrainingState, list_checkpoints, save_training_state
+from minimagen.data import Shapes
 from minimagen.diffusion import diffusion_loss, prediction_of
 from minimagen.plot import save_grid
 from minimagen.samplers import ddim_sample
-from minimagen.schedules import NoiseSchedule
+from minimagen.schedules import NoiseSchedule, schedule_from_spec
+from minimagen.unet import UNet, UNetConfig
 # The periodic sample grids use classifier-free guidance, lesson 06's idea one lesson early: a grid at
 # w = 3 shows whether the model reads its captions long before an unguided one would.
 from minimagen.guidance import as_eps, guided_model_fn
 
-CHECKPOINT_PREFIX = "step_"
 
 
 @dataclasses.dataclass
@@ -329,14 +330,6 @@ class Trainer:
         return True
 
 
-def list_checkpoints(out_dir: str | pathlib.Path) -> list[pathlib.Path]:
-    """Complete training checkpoints in ``out_dir``, oldest first (temp files of a killed write are skipped)."""
-    out_dir = pathlib.Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    return sorted(out_dir.glob(f"{CHECKPOINT_PREFIX}*.safetensors"))
-
-
 def _model_config(model: torch.nn.Module, stored: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The model's config as it reads back from JSON (tuples become lists), for comparisons.
 
@@ -353,3 +346,26 @@ def _model_config(model: torch.nn.Module, stored: dict[str, Any] | None = None) 
             return stored
     return json.loads(json.dumps(config.to_dict()))
 
+
+
+# -- the demo run ---------------------------------------------------------------------------------------------
+#
+# `minimagen demo` (and the shipped uncond32 of lesson 02): a small unconditional U-Net on one plain object
+# per 32 px image, the smallest run that draws recognisable shapes in a few CPU minutes.
+DEMO_UNET = UNetConfig(
+    image_size=32, channels=32, channel_mults=(1, 2, 2), blocks_per_level=(1, 1, 1),
+    self_attention_levels=(False, False, True), cross_attention_levels=(False, False, False), text_dim=None,
+    skip_scale=2**-0.5, efficient_updown=True,
+)
+DEMO_SCHEDULE = {"kind": "cosine", "T": 1000, "max_beta": 0.2}  # see `minimagen train --max-beta`
+
+
+def demo_trainer(steps: int, seed: int, out_dir: str | pathlib.Path) -> Trainer:
+    """The Trainer of the demo run (``DEMO_UNET`` on one-object plain Shapes at 32 px), ready to ``fit``."""
+    with torch.random.fork_rng(devices=[]):  # the initial weights, without touching the caller's global RNG
+        torch.manual_seed(seed)
+        model = UNet(DEMO_UNET)
+    data = Shapes(size=32, length=50_000, seed=seed, max_objects=1, textures=("plain",))
+    config = TrainConfig(steps=steps, batch_size=32, lr=1e-3, warmup_steps=50, ema_decay=0.995,
+                         checkpoint_every=0, seed=seed)
+    return Trainer(model, data, schedule_from_spec(DEMO_SCHEDULE), config, out_dir)

@@ -258,3 +258,11 @@ def test_eval_defaults_to_the_shipped_models_from_any_folder(tmp_path, monkeypat
 
 def test_bad_threads_is_one_line(capsys):
     _argparse_error(capsys, ["sample", "a red circle", "--threads", "-2"], "minimagen sample: error:", ">= 0")
+
+
+def test_demo_writes_its_default_output_and_a_loadable_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo", "--steps", "3", "--n", "2", "--quiet", "--threads", "1", "--save", "u.safetensors"]) == 0
+    assert (tmp_path / "out" / "demo.png").is_file()  # the default --out
+    unet, header = load_unet(tmp_path / "u.safetensors")
+    assert header["stage"] == "uncond32" and unet.config.image_size == 32 and unet.config.text_dim is None
