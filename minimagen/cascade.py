@@ -11,6 +11,7 @@ is. At sampling a fixed small level is used.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -29,7 +30,8 @@ from minimagen.guidance import guided_model_fn
 from minimagen.samplers import ddim_sample
 from minimagen.schedules import NoiseSchedule, schedule_from_spec
 from minimagen.text import TextEncoder
-from minimagen.train import Trainer
+from minimagen.train import TrainConfig, Trainer
+from minimagen.unet import PRESETS, UNet, UNetConfig
 
 
 def upsample(lowres: Tensor, size: int) -> Tensor:
@@ -120,6 +122,80 @@ class SuperResolutionTrainer(Trainer):
         level = torch.full((n,), aug_level, device=self.device)
         noise = torch.randn((n, 3, size, size), generator=torch.Generator().manual_seed(seed + 1)).to(self.device)
         return sr_inputs(lowres, size, level, self.schedule, noise)
+
+
+# What each stage of the cascade trains on: (output size, low-res input size or None, default crop).
+# The 256->1024 stage trains on 256 px crops of the 1024 px render (with the matching 64 px window of the
+# 256 px input) and runs on whole images (Imagen appendix); a smaller crop shrinks the windows further.
+STAGES = {"base": (64, None, None), "sr256": (256, 64, None), "sr1024": (1024, 256, 256)}
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    """What ``minimagen train --stage ...`` builds for one stage of the cascade on Shapes, and records in every
+    checkpoint of the run: the U-Net (a preset, sized for the stage), its schedule, its text encoder, its data."""
+
+    stage: str = "base"  # "base", "sr256" or "sr1024" (``STAGES``)
+    unet: str = "base-s"  # a name in ``unet.PRESETS``
+    image_size: int | None = None  # base stage only (default 64)
+    crop: int | None = None  # SR stages: train on crops of this side (default: STAGES' crop)
+    prediction: str | None = None  # default: eps for the base stage, v for SR stages (see minimagen.diffusion)
+    schedule: dict = dataclasses.field(default_factory=lambda: {"kind": "cosine", "T": 1000, "max_beta": 0.2})
+    encoder: str = "minilm"
+    max_length: int = 24
+    max_aug_level: int = 250  # SR stages: augmentation levels are drawn from [0, this)
+    seed: int = 0  # the data's seed and the initial weights'
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {sorted(STAGES)}, got {self.stage!r}")
+        if self.unet not in PRESETS:
+            raise ValueError(f"unet must be one of {sorted(PRESETS)}, got {self.unet!r}")
+        size, low, _ = STAGES[self.stage]
+        if low is not None and self.image_size not in (None, size):
+            raise ValueError(f"--image-size is fixed at {size} for --stage {self.stage} (use --crop to train on windows)")
+        crop = self.shapes[2]
+        if low is not None and crop is not None and (crop > size or crop % (size // low)):
+            raise ValueError(f"--crop must be a multiple of {size // low} up to {size}, got {crop}")
+
+    @property
+    def shapes(self) -> tuple[int, int | None, int | None]:
+        """(output size, low-res input size or None, crop or None)."""
+        size, low, crop = STAGES[self.stage]
+        if low is None:
+            return self.image_size or size, None, None
+        return size, low, self.crop or crop
+
+    def metadata(self, command: str) -> dict:
+        """What the run's checkpoints record besides the model and training configs."""
+        size, low, crop = self.shapes
+        data = {"dataset": "Shapes", "size": size, "seed": self.seed, "max_objects": 2}
+        if low is not None:
+            data.update(low_size=low, crop=crop, max_aug_level=self.max_aug_level)
+        return {"stage": self.stage, "schedule": dict(self.schedule),
+                "text": {"encoder": self.encoder, "max_length": self.max_length},
+                "data": data, "size": size, "command": command}
+
+    def trainer(self, config: TrainConfig, out_dir, *, device="cpu", workers: int = 0, cache_size: int = 50_000,
+                command: str = "") -> Trainer:
+        """The Trainer of this recipe (a ``SuperResolutionTrainer`` for SR stages), not yet resumed."""
+        size, low, crop = self.shapes
+        encoder = TextEncoder(self.encoder, max_length=self.max_length, device=device, cache_size=cache_size)
+        config_ = UNetConfig(
+            image_size=crop or size, text_dim=encoder.dim, skip_scale=2**-0.5, efficient_updown=True,
+            lowres_channels=3 if low else 0, aug_level_conditioning=bool(low),
+            prediction=self.prediction or ("v" if low else "eps"), **PRESETS[self.unet],
+        )
+        with torch.random.fork_rng(devices=[]):  # the initial weights, without touching the caller's global RNG
+            torch.manual_seed(self.seed)
+            model = UNet(config_)
+        if low is None:
+            data, trainer_class = Shapes(size=size, length=10_000_000, seed=self.seed), Trainer
+        else:
+            data = SuperResolutionPairs(low_size=low, high_size=size, crop=crop, length=10_000_000, seed=self.seed)
+            trainer_class = SuperResolutionTrainer
+        return trainer_class(model, data, schedule_from_spec(self.schedule), config, out_dir, text_encoder=encoder,
+                             device=device, extra_metadata=self.metadata(command), workers=workers)
 
 
 @dataclass

@@ -21,10 +21,10 @@ from typing import Sequence
 import torch
 
 from minimagen import grading
-from minimagen.cascade import Imagen, SuperResolutionPairs, SuperResolutionTrainer
+from minimagen.cascade import STAGES, Imagen, StageRecipe
 from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, model_card, run_card, save_weights
 from minimagen.classifier import classifier_accuracy, train_noisy_classifier
-from minimagen.data import HELD_OUT_SEED, Shapes
+from minimagen.data import HELD_OUT_SEED
 from minimagen.evaluate import (
     base_imagen,
     plot_steps,
@@ -39,9 +39,8 @@ from minimagen.metrics import load_probe, probe_accuracy, train_probe
 from minimagen.plot import save_grid
 from minimagen.samplers import ddpm_sample
 from minimagen.schedules import schedule_from_spec
-from minimagen.text import TextEncoder
-from minimagen.train import DEMO_SCHEDULE, TrainConfig, Trainer, demo_trainer
-from minimagen.unet import PRESETS, UNet, UNetConfig
+from minimagen.train import DEMO_SCHEDULE, TrainConfig, demo_trainer
+from minimagen.unet import PRESETS
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line, ``minimagen <command>: error: ...``, and exit status 2."""
@@ -95,70 +94,23 @@ def demo(args: argparse.Namespace) -> pathlib.Path:
     return path
 
 
-# What each stage of the cascade trains on: (output size, low-res input size or None, default crop).
-# The 256->1024 stage trains on 256 px crops of the 1024 px render (with the matching 64 px window of the
-# 256 px input) and runs on whole images (Imagen appendix); --crop shrinks the windows further.
-STAGES = {"base": (64, None, None), "sr256": (256, 64, None), "sr1024": (1024, 256, 256)}
-
-
-def _stage_shapes(args: argparse.Namespace) -> tuple[int, int | None, int | None]:
-    """(output size, low-res size, crop) for ``args.stage``, with ``--image-size``/``--crop`` applied."""
-    size, low, crop = STAGES[args.stage]
-    if args.stage == "base":
-        return args.image_size or size, None, None
-    if args.image_size not in (None, size):
-        raise ValueError(f"--image-size is fixed at {size} for --stage {args.stage} (use --crop to train on windows)")
-    crop = args.crop or crop
-    if crop is not None and (crop > size or crop % (size // low)):
-        raise ValueError(f"--crop must be a multiple of {size // low} up to {size}, got {crop}")
-    return size, low, crop
-
-
-def _train_metadata(args: argparse.Namespace) -> dict:
-    size, low, crop = _stage_shapes(args)
-    data = {"dataset": "Shapes", "size": size, "seed": args.seed, "max_objects": 2}
-    if low is not None:
-        data.update(low_size=low, crop=crop, max_aug_level=args.max_aug_level)
-    return {
-        "stage": args.stage,
-        "schedule": {"kind": args.schedule, "T": args.T, "max_beta": args.max_beta},
-        "text": {"encoder": args.encoder, "max_length": args.max_length},
-        "data": data,
-        "size": size,
-        "command": args.command_line,
-    }
-
-
 def train(args: argparse.Namespace) -> None:
     """Train a stage with the Trainer; resumes from the newest checkpoint in --out."""
-    size, low, crop = _stage_shapes(args)
-    encoder = TextEncoder(args.encoder, max_length=args.max_length, device=args.device, cache_size=args.cache_size)
-    torch.manual_seed(args.seed)  # initial weights; every later draw comes from the trainer's generator
-    unet_config = UNetConfig(
-        image_size=crop or size, text_dim=encoder.dim, skip_scale=2**-0.5, efficient_updown=True,
-        lowres_channels=3 if low else 0, aug_level_conditioning=bool(low),
-        prediction=args.prediction or ("v" if low else "eps"), **PRESETS[args.unet],
-    )
-    model = UNet(unet_config)
-    schedule = schedule_from_spec({"kind": args.schedule, "T": args.T, "max_beta": args.max_beta})
-    if low is None:
-        data = Shapes(size=size, length=10_000_000, seed=args.seed)
-    else:
-        data = SuperResolutionPairs(low_size=low, high_size=size, crop=crop, length=10_000_000, seed=args.seed)
+    recipe = StageRecipe(stage=args.stage, unet=args.unet, image_size=args.image_size, crop=args.crop,
+                         prediction=args.prediction, schedule={"kind": args.schedule, "T": args.T, "max_beta": args.max_beta},
+                         encoder=args.encoder, max_length=args.max_length, max_aug_level=args.max_aug_level,
+                         seed=args.seed)
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         checkpoint_every=args.checkpoint_every, ema_decay=args.ema_decay, sample_every=args.sample_every,
         max_aug_level=min(args.max_aug_level, args.T), precision=args.precision,
     )
-    trainer_class = Trainer if low is None else SuperResolutionTrainer
-    trainer = trainer_class(
-        model, data, schedule, config, args.out, text_encoder=encoder, device=args.device,
-        extra_metadata=_train_metadata(args), workers=args.workers,
-    )
+    trainer = recipe.trainer(config, args.out, device=args.device, workers=args.workers, cache_size=args.cache_size,
+                             command=args.command_line)
     if trainer.resume():
         print(f"train: resumed {args.out} at step {trainer.step}")
-    print(f"train: {args.stage} U-Net {args.unet}, {model.num_parameters() / 1e6:.2f} M parameters, "
-          f"{args.steps} steps of batch {args.batch_size}, predicting {unet_config.prediction}")
+    print(f"train: {args.stage} U-Net {args.unet}, {trainer.model.num_parameters() / 1e6:.2f} M parameters, "
+          f"{args.steps} steps of batch {args.batch_size}, predicting {trainer.model.config.prediction}")
     trainer.fit(progress=not args.quiet, time_limit=args.time_limit)
 
 
