@@ -181,14 +181,14 @@ class StageRecipe:
         """The Trainer of this recipe (a ``SuperResolutionTrainer`` for SR stages), not yet resumed."""
         size, low, crop = self.shapes
         encoder = TextEncoder(self.encoder, max_length=self.max_length, device=device, cache_size=cache_size)
-        config_ = UNetConfig(
+        unet_config = UNetConfig(
             image_size=crop or size, text_dim=encoder.dim, skip_scale=2**-0.5, efficient_updown=True,
             lowres_channels=3 if low else 0, aug_level_conditioning=bool(low),
             prediction=self.prediction or ("v" if low else "eps"), **PRESETS[self.unet],
         )
         with torch.random.fork_rng(devices=[]):  # the initial weights, without touching the caller's global RNG
             torch.manual_seed(self.seed)
-            model = UNet(config_)
+            model = UNet(unet_config)
         if low is None:
             data, trainer_class = Shapes(size=size, length=10_000_000, seed=self.seed), Trainer
         else:
