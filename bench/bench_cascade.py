@@ -14,6 +14,7 @@ reference (a 16-channel SR U-Net without attention: ~1.7 s per 1024x1024 forward
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -23,7 +24,7 @@ import torch
 
 from minimagen.cascade import Imagen, Stage
 from minimagen.checkpoint import SHIPPED_DIR
-from minimagen.unet import PRESETS, UNet, UNetConfig
+from minimagen.unet import PRESETS, UNet
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cascade_{precision}.json"
 GOAL_S = 180.0  # issue 5: one prompt, default steps, 2-core CPU
@@ -40,8 +41,8 @@ class RandomText:
 
 
 def unet(preset: str, size: int, sr: bool) -> UNet:
-    return UNet(UNetConfig(image_size=size, text_dim=384, skip_scale=2**-0.5, efficient_updown=True,
-                           lowres_channels=3 if sr else 0, aug_level_conditioning=sr, **PRESETS[preset])).eval()
+    return UNet(dataclasses.replace(PRESETS[preset], image_size=size, lowres_channels=3 if sr else 0,
+                                    aug_level_conditioning=sr, prediction="v" if sr else "eps")).eval()
 
 
 def main() -> None:

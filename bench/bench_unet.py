@@ -11,6 +11,7 @@ nearest size, and the Efficient U-Net order's speed-up over the classic order of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -55,8 +56,7 @@ def main() -> None:
     for name, preset in PRESETS.items():
         classic = None
         for order in ("classic", "efficient"):
-            config = UNetConfig(image_size=64, text_dim=384, skip_scale=2**-0.5,
-                                efficient_updown=order == "efficient", **preset)
+            config = dataclasses.replace(preset, image_size=64, efficient_updown=order == "efficient")
             params = UNet(config).num_parameters()
             rate = images_per_second(config, args.batch, args.steps)
             nearest = min(REFERENCE, key=lambda p: abs(p - params))

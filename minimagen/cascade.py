@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from minimagen import checks
 from minimagen.checkpoint import atomic_write_bytes, load_unet, save_weights
 from minimagen.data import TEXTURES, Shapes
 from minimagen.guidance import guided_model_fn
@@ -31,7 +32,7 @@ from minimagen.samplers import ddim_sample
 from minimagen.schedules import NoiseSchedule, schedule_from_spec
 from minimagen.text import TextEncoder
 from minimagen.train import TrainConfig, Trainer
-from minimagen.unet import PRESETS, UNet, UNetConfig
+from minimagen.unet import PRESETS, UNet
 
 
 def upsample(lowres: Tensor, size: int) -> Tensor:
@@ -181,10 +182,10 @@ class StageRecipe:
         """The Trainer of this recipe (a ``SuperResolutionTrainer`` for SR stages), not yet resumed."""
         size, low, crop = self.shapes
         encoder = TextEncoder(self.encoder, max_length=self.max_length, device=device, cache_size=cache_size)
-        unet_config = UNetConfig(
-            image_size=crop or size, text_dim=encoder.dim, skip_scale=2**-0.5, efficient_updown=True,
+        unet_config = dataclasses.replace(  # the preset's architecture, sized and wired for this stage
+            PRESETS[self.unet], image_size=crop or size, text_dim=encoder.dim,
             lowres_channels=3 if low else 0, aug_level_conditioning=bool(low),
-            prediction=self.prediction or ("v" if low else "eps"), **PRESETS[self.unet],
+            prediction=self.prediction or ("v" if low else "eps"),
         )
         with torch.random.fork_rng(devices=[]):  # the initial weights, without touching the caller's global RNG
             torch.manual_seed(self.seed)
@@ -272,8 +273,9 @@ def _sampling_model_fn(unet: torch.nn.Module, text, mask, w: float, precision: s
 
 def _per_stage(name: str, value, n_all: int, n: int) -> list:
     """One number for each of the first ``n`` stages: given per stage (for all ``n_all`` or for the
-    ``n`` that run), or as one number for all of them."""
-    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
+    ``n`` that run), or as one number (or a list of one) for all of them."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    values = values * n if len(values) == 1 else values
     if len(values) not in (n, n_all):
         raise ValueError(f"{name} needs one value per stage ({n_all}), got {len(values)}: {value!r}")
     return values[:n]
@@ -323,8 +325,7 @@ class Imagen:
         bfloat16 autocast (about 2x faster, see ``_sampling_model_fn``).
         """
         n = len(self.stages) if stages is None else stages
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(self.stages):
-            raise ValueError(f"stages must be an int in [1, {len(self.stages)}], got {stages!r}")
+        checks.integer("stages", n, 1, len(self.stages))
         n_all = len(self.stages)
         guidance = [3.0] + [1.0] * (n_all - 1) if guidance is None else guidance
         steps = [50] + [25] * (n_all - 1) if steps is None else steps

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minimagen.checkpoint import load_state_strict, read_weights
+from minimagen import checks
+from minimagen.checkpoint import load_state_strict, model_card, read_weights, save_weights
 from minimagen.data import HELD_OUT_SEED, POSITIONS, Shapes, parse_caption
 from minimagen.diffusion import ModelFn
 from minimagen.metrics import HEADS, IGNORE, attribute_accuracy, fit_attribute_reader, probe_loss, scene_targets
@@ -80,8 +81,7 @@ def classifier_guided_model_fn(unet: torch.nn.Module, classifier: NoisyClassifie
     ``scale = 0`` is the unconditional model. The caption reaches the sample only through the classifier,
     so only what the classifier knows (colour, shape, size, position -- not texture) can be asked for.
     """
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
-        raise ValueError(f"scale must be a number >= 0 (the classifier guidance scale), got {scale!r}")
+    checks.number("scale", scale, minimum=0, note="the classifier guidance scale")
     if not isinstance(captions, list) or not captions:
         raise ValueError("captions must be a non-empty list of Shapes captions")
     targets = caption_targets(captions)
@@ -134,6 +134,18 @@ def classifier_accuracy(classifier: NoisyClassifier, schedule, n: int = 500, see
         row = attribute_accuracy(lambda x: classifier(x, t), schedule.q_sample(x0, t, noise), scenes)
         accuracy[f"t={int(t[0])}"] = {name: round(value, 4) for name, value in row.items()}
     return accuracy
+
+
+def save_noisy_classifier(classifier: NoisyClassifier, path, schedule_spec: dict, *, losses: list[float],
+                          training: dict, accuracy: dict, eval_n: int) -> None:
+    """Ship a classifier (``minimagen classifier``): fp16 safetensors and a card with its schedule (which
+    must be the base model's), its training run and its held-out ``accuracy`` on ``eval_n`` scenes per level."""
+    config = {"kind": "NoisyClassifier", "width": classifier.width, "feature_dim": classifier.feature_dim}
+    card = model_card(
+        "classifier", config, sum(p.numel() for p in classifier.parameters()), losses=losses, training=training,
+        schedule=schedule_spec, held_out_accuracy=accuracy, held_out_images=eval_n, held_out_seed=HELD_OUT_SEED,
+    )
+    save_weights(classifier, path, config, card=card, extra={"stage": "classifier", "schedule": schedule_spec})
 
 
 def load_noisy_classifier(path) -> tuple[NoisyClassifier, dict]:

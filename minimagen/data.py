@@ -28,6 +28,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from minimagen import checks
+
 # --- The vocabulary. Captions use exactly these words; later code parses captions with them. ---------
 
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -75,11 +77,6 @@ HELD_OUT_SEED = 10_000
 
 # --- Scenes and captions ------------------------------------------------------------------------------
 
-def _check_choice(name: str, value: object, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ValueError(f"{name} must be one of {options}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class ShapeObject:
     """One object of a scene; every field is a word of the vocabulary above."""
@@ -91,11 +88,11 @@ class ShapeObject:
     position: str  # one of POSITIONS
 
     def __post_init__(self) -> None:
-        _check_choice("colour", self.colour, COLOURS)
-        _check_choice("shape", self.shape, SHAPES)
-        _check_choice("size", self.size, SIZES)
-        _check_choice("texture", self.texture, TEXTURES)
-        _check_choice("position", self.position, POSITIONS)
+        checks.choice("colour", self.colour, COLOURS)
+        checks.choice("shape", self.shape, SHAPES)
+        checks.choice("size", self.size, SIZES)
+        checks.choice("texture", self.texture, TEXTURES)
+        checks.choice("position", self.position, POSITIONS)
 
 
 @dataclass(frozen=True)
@@ -275,9 +272,7 @@ def _paint(image: np.ndarray, obj: ShapeObject, n: int) -> None:
 
 
 def _check_size(size: object) -> int:
-    if not isinstance(size, int) or isinstance(size, bool) or size < MIN_SIZE:
-        raise ValueError(f"size must be an int >= {MIN_SIZE}, got {size!r}")
-    return size
+    return checks.integer("size", size, MIN_SIZE)
 
 
 def _average_blocks(image: np.ndarray, factor: int) -> np.ndarray:
@@ -332,10 +327,8 @@ class Shapes(Dataset):
     def __init__(self, size: int = 64, length: int = 10_000, seed: int = 0, max_objects: int = 2,
                  textures: tuple[str, ...] = TEXTURES) -> None:
         self.size = _check_size(size)
-        if not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be an int >= 1, got {length!r}")
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        checks.integer("length", length)
+        checks.integer("seed", seed, 0)
         if max_objects not in (1, 2):
             raise ValueError(f"max_objects must be 1 or 2, got {max_objects!r}")
         self.length, self.seed, self.max_objects = length, seed, max_objects

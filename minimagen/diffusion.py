@@ -25,6 +25,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
+from minimagen import checks
 from minimagen.schedules import NoiseSchedule, _gather
 
 __all__ = ["PREDICTIONS", "ModelFn", "draw_device", "sample_timesteps", "diffusion_loss", "v_target", "eps_from_v", "prediction_of"]
@@ -53,9 +54,8 @@ def sample_timesteps(
     Returns:
         LongTensor [batch_size] on ``device`` (CPU by default).
     """
-    for name, value in (("batch_size", batch_size), ("T", T)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+    checks.integer("batch_size", batch_size)
+    checks.integer("T", T)
     device = torch.device(device) if device is not None else torch.device("cpu")
     t = torch.randint(0, T, (batch_size,), generator=generator, device=draw_device(generator, device))
     return t.to(device)

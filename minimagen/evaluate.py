@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import pathlib
 from typing import Iterable, Sequence
 
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from minimagen import checks
 from minimagen.cascade import Imagen, Stage, SuperResolutionPairs, upsample
 from minimagen.checkpoint import atomic_write_bytes, load_unet
 from minimagen.data import COLOURS, HELD_OUT_SEED, POSITIONS, Shapes, SHAPES, SIZES, parse_caption
@@ -39,6 +41,7 @@ from minimagen.metrics import (
     sharpness,
 )
 from minimagen.text import TextEncoder
+from minimagen.thresholding import resolve_threshold
 
 EVAL_SEED = HELD_OUT_SEED  # scenes the evaluation prompts come from (data.HELD_OUT_SEED)
 THRESHOLD_MODES = ("none", "static", "dynamic")
@@ -48,8 +51,7 @@ PAPER_WEIGHTS = (1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 
 def eval_prompts(n: int, seed: int = EVAL_SEED, max_objects: int = 2) -> tuple[list[str], Tensor]:
     """``n`` captions of held-out Shapes scenes and their real 64 px renders [n, 3, 64, 64]."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1 (number of prompts), got {n!r}")
+    checks.integer("n", n, note="number of prompts")
     scenes = Shapes(size=64, length=n, seed=seed, max_objects=max_objects)
     images, captions = zip(*(scenes[i] for i in range(n)))
     return list(captions), torch.stack(images)
@@ -101,7 +103,13 @@ class Measurement:
     colour_and_shape: float
     colour_and_shape_anywhere: float
     seconds_per_image: float
-    sampler: str = "ddim"  # "ddim" (eta = 0) or "ddpm" (ancestral, every one of the T steps)
+    sampler: str = "ddim"  # "ddim" (eta = 0) or "ddpm" (ancestral: eta = 1, fresh noise at each of the steps)
+
+    def __str__(self) -> str:
+        return (f"{self.sampler} {self.steps:4d} steps  w={self.guidance:<5g} {self.threshold:<8} alignment "
+                f"{self.alignment:.3f} ± {self.alignment_se:.3f}  FD {self.frechet:7.2f}  saturation "
+                f"{100 * self.saturation:5.2f}%  colour&shape {self.colour_and_shape:.3f}  "
+                f"{self.seconds_per_image:.2f} s/image")
 
 
 def measure(probe: AttributeProbe, images: Tensor, captions: Sequence[str], real: Tensor, *,
@@ -140,6 +148,20 @@ def sample_in_batches(imagen, captions: Sequence[str], *, guidance: float, thres
     return torch.cat(out)
 
 
+def _check_modes(modes: Iterable[str]) -> list[str]:
+    """Thresholding modes as a sweep labels its rows: "none", "static", "dynamic", or a dynamic threshold with
+    its settings, e.g. "dynamic:p=0.9:max_s=2" (``thresholding.resolve_threshold``)."""
+    modes = list(modes)
+    for mode in modes:
+        if not isinstance(mode, str):
+            raise ValueError(f"modes must be among {THRESHOLD_MODES} or 'dynamic:p=...:max_s=...', got {mode!r}")
+        try:
+            resolve_threshold(mode)
+        except ValueError as error:
+            raise ValueError(f"modes must be among {THRESHOLD_MODES} or 'dynamic:p=...:max_s=...': {error}") from None
+    return modes
+
+
 def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, max_objects, batch_size, device,
                   progress, precision) -> list[Measurement]:
     """One Measurement per (guidance, threshold mode, steps, sampler) on the same prompts and noise."""
@@ -148,8 +170,6 @@ def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, max_objects,
     captions, real = eval_prompts(n, seed=prompt_seed, max_objects=max_objects)
     rows = []
     for w, mode, steps, sampler in tqdm(settings, desc="sweep", disable=not progress):
-        if mode not in THRESHOLD_MODES:
-            raise ValueError(f"modes must be among {THRESHOLD_MODES}, got {mode!r}")
         start = time.perf_counter()
         images = sample_in_batches(imagen, captions, guidance=w, threshold=mode,
                                    steps=steps, seed=seed, batch_size=batch_size, device=device, clamp=False,
@@ -165,17 +185,16 @@ def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, max_objects,
 def threshold_sweep(imagen, probe: AttributeProbe, *, n: int = 256, weights: Iterable[float] = PAPER_WEIGHTS,
                     modes: Iterable[str] = THRESHOLD_MODES, steps: int = 50, seed: int = 0,
                     prompt_seed: int = EVAL_SEED, max_objects: int = 2, batch_size: int = 64, device: str = "cpu",
-                    progress: bool = True, precision: str = "fp32") -> list[Measurement]:
+                    progress: bool = True, precision: str = "fp32", sampler: str = "ddim") -> list[Measurement]:
     """Imagen's thresholding experiment (§2.3, Fig. A.9): every guidance weight × thresholding mode.
 
     The same ``n`` held-out prompts and the same starting noise for every setting, so differences
-    between rows come from guidance and thresholding alone.
+    between rows come from guidance and thresholding alone. ``sampler="ddpm"`` samples ancestrally
+    (DDIM with eta = 1, fresh noise at each of the ``steps`` steps) instead of deterministic DDIM.
     """
-    modes = list(modes)
-    for mode in modes:
-        if mode not in THRESHOLD_MODES:
-            raise ValueError(f"modes must be among {THRESHOLD_MODES}, got {mode!r}")
-    settings = [(float(w), mode, steps, "ddim") for w in weights for mode in modes]
+    modes = _check_modes(modes)
+    checks.choice("sampler", sampler, ("ddim", "ddpm"))
+    settings = [(float(w), mode, steps, sampler) for w in weights for mode in modes]
     return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, max_objects=max_objects,
                          batch_size=batch_size, device=device, progress=progress, precision=precision)
 
@@ -194,6 +213,7 @@ def steps_sweep(imagen, probe: AttributeProbe, *, n: int = 256, step_counts: Ite
     ``ancestral_counts`` adds ancestral rows (DDIM with eta = 1, sampler "ddpm") at fewer than T steps,
     to tell the effect of the number of steps from that of the fresh noise DDPM adds at each step.
     """
+    modes = _check_modes(modes)
     T = imagen.stages[0].schedule.T
     ancestral = ([T] if ddpm else []) + [int(k) for k in ancestral_counts if int(k) != T]
     settings = [(float(guidance), mode, k, "ddpm") for k in ancestral for mode in modes]
@@ -219,8 +239,7 @@ def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: fl
     if not sr.is_super_resolution:
         raise ValueError(f"stage {stage!r} is the base model; sr_quality needs a super-resolution stage")
     low_size = imagen.stages[imagen.stages.index(sr) - 1].size
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1 (number of scenes), got {n!r}")
+    checks.integer("n", n, note="number of scenes")
     pairs = SuperResolutionPairs(low_size, sr.size, length=n, seed=prompt_seed)  # each scene at both sizes
     totals: dict[str, float] = {}
     start = time.perf_counter()
@@ -248,8 +267,6 @@ def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: fl
 
 def write_csv(rows: Sequence[Measurement], path: str | pathlib.Path, comment: str | None = None) -> pathlib.Path:
     """Rows as CSV (one line per setting), preceded by ``# comment`` lines, e.g. the command that ran."""
-    import io
-
     buffer = io.StringIO()
     if comment:
         for line in comment.splitlines():
@@ -275,6 +292,14 @@ def read_csv(path: str | pathlib.Path) -> list[Measurement]:
     return rows
 
 
+def card_record(path: str | pathlib.Path) -> dict:
+    """A CSV written by ``write_csv`` as a model card keeps it (``minimagen export --evaluation``): the
+    comment lines that say how it was made, and its rows."""
+    lines = pathlib.Path(path).read_text().splitlines()
+    return {"made_by": [line[2:] for line in lines if line.startswith("# ")],
+            "rows": [dataclasses.asdict(r) for r in read_csv(path)]}
+
+
 def base_imagen(path: str | pathlib.Path, text_encoder=None, device: str = "cpu"):
     """A one-stage ``Imagen`` from a base model's weights file (its card names the text encoder)."""
     unet, header = load_unet(path)
@@ -288,14 +313,25 @@ def base_imagen(path: str | pathlib.Path, text_encoder=None, device: str = "cpu"
     return Imagen(text_encoder, [Stage(header.get("stage") or "base64", unet, header["schedule"], unet.config.image_size)])
 
 
+def _mode_colours(rows: Sequence[Measurement]) -> dict[str, str]:
+    """A colour per thresholding mode in ``rows``, in order of appearance; the three plain modes keep theirs."""
+    fixed = {"none": "tab:red", "static": "tab:orange", "dynamic": "tab:blue"}
+    others = iter(["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:grey"] * 4)
+    colours = {}
+    for r in rows:
+        if r.threshold not in colours:
+            colours[r.threshold] = fixed.get(r.threshold) or next(others)
+    return colours
+
+
 def plot_sweep(rows: Sequence[Measurement], title: str | None = None):
     """Imagen Fig. A.9 on Shapes: alignment against Fréchet distance per thresholding mode (one point per
     guidance weight, labelled), and saturation against the guidance weight. Returns the figure."""
     import matplotlib.pyplot as plt
 
     fig, (pareto, sat) = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = {"none": "tab:red", "static": "tab:orange", "dynamic": "tab:blue"}
-    for mode in THRESHOLD_MODES:
+    colours = _mode_colours(rows)
+    for mode in colours:
         mine = sorted((r for r in rows if r.threshold == mode), key=lambda r: r.guidance)
         if not mine:
             continue
@@ -328,9 +364,9 @@ def plot_steps(rows: Sequence[Measurement], title: str | None = None):
     import matplotlib.pyplot as plt
 
     fig, (align, fd) = plt.subplots(1, 2, figsize=(11, 4))
-    colours = {"none": "tab:red", "static": "tab:orange", "dynamic": "tab:blue"}
+    colours = _mode_colours(rows)
     T = max((r.steps for r in rows if r.sampler == "ddpm"), default=None)
-    for mode in THRESHOLD_MODES:
+    for mode in colours:
         for sampler, style, marker in (("ddim", "-", "o"), ("ddpm", "--", "s")):
             mine = sorted((r for r in rows if r.threshold == mode and r.sampler == sampler), key=lambda r: r.steps)
             if not mine:

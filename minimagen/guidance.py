@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from minimagen import checks
 from minimagen.diffusion import ModelFn, eps_from_v, prediction_of
 
 
@@ -46,10 +47,7 @@ def guided_model_fn(
     A U-Net that predicts v (``unet.config.prediction == "v"``) needs its ``schedule``: guidance is
     applied to v (a linear map of eps at fixed x_t and t, so the result is the same) and turned into eps.
     """
-    if isinstance(w, bool) or not isinstance(w, (int, float)):
-        raise TypeError(f"w must be a number (the guidance weight), got {type(w).__name__}")
-    if w < 0:
-        raise ValueError(f"w must be >= 0 (w = 1 means no guidance), got {w}")
+    checks.number("w", w, minimum=0, note="the guidance weight; w = 1 means no guidance")
 
     prediction = prediction_of(unet)
     if prediction == "v" and schedule is None:

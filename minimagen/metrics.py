@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from minimagen.checkpoint import load_state_strict, read_weights
+from minimagen.checkpoint import load_state_strict, model_card, read_weights, save_weights
 from minimagen.data import BACKGROUND, COLOURS, HELD_OUT_SEED, POSITIONS, Scene, Shapes, SHAPES, SIZES, parse_caption
 
 # What the probe reads at each position: is there an object, and if so its colour, shape and size.
@@ -82,6 +82,7 @@ class AttributeProbe(nn.Module):
 
     def __init__(self, width: int = 32, feature_dim: int = 128) -> None:
         super().__init__()
+        self.width, self.feature_dim = width, feature_dim
         layers, ch = [], 3
         for out in (width, 2 * width, 4 * width, 4 * width):  # 64 -> 32 -> 16 -> 8 -> 4
             layers += [nn.Conv2d(ch, out, 3, padding=1), nn.GroupNorm(8, out), nn.SiLU(), nn.AvgPool2d(2)]
@@ -255,6 +256,19 @@ def probe_accuracy(probe: AttributeProbe, n: int = 1000, seed: int = HELD_OUT_SE
             for name, value in attribute_accuracy(probe, x, scenes).items():  # weight each chunk by its size
                 accuracy[kind][name] = accuracy[kind].get(name, 0.0) + value * len(idx) / n
     return {kind: {k: round(v, 4) for k, v in table.items()} for kind, table in accuracy.items()}
+
+
+def save_probe(probe: AttributeProbe, path, *, losses: list[float], training: dict, accuracy: dict,
+               eval_n: int) -> None:
+    """Ship a probe (``minimagen probe``): fp16 safetensors and a card with its training run (``training``:
+    command, seed, steps, wall time, ...) and its held-out ``accuracy`` on ``eval_n`` scenes."""
+    config = {"kind": "AttributeProbe", "width": probe.width, "feature_dim": probe.feature_dim}
+    card = model_card(
+        "probe", config, sum(p.numel() for p in probe.parameters()), losses=losses, training=training,
+        data={"dataset": "Shapes", "size": 64, "seed": training.get("seed"), "held_out_seed": HELD_OUT_SEED},
+        held_out_accuracy=accuracy, held_out_images=eval_n,
+    )
+    save_weights(probe, path, config, card=card, extra={"stage": "probe"})
 
 
 def load_probe(path) -> AttributeProbe:

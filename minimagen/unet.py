@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minimagen.diffusion import PREDICTIONS
+from minimagen.text import pooled
 
 
 @dataclass(frozen=True)
@@ -100,29 +101,37 @@ class UNetConfig:
         return cls(**d)
 
 
-# Named U-Net sizes (`minimagen train --unet NAME`), used with text_dim=384 (MiniLM), the Efficient
-# U-Net order and skips scaled by 1/sqrt(2) (Imagen appendix B). With those, at 64 px: "base-s" has 2.3 M
-# parameters and trains at ~44 images/s (batch 16, 2 CPU cores, forward + backward + AdamW), "base-m"
-# 10.4 M parameters at ~22 images/s. The "sr-" sizes are for the super-resolution stages (`--stage sr256`,
-# `--stage sr1024`, which add the low-res input and the augmentation level): no self-attention, so they
-# are fully convolutional apart from text cross-attention at the coarsest level, and can train on crops
-# and run on whole images (Imagen appendix: the 256->1024 model has no self-attention).
-PRESETS = {
-    "base-s": dict(
-        channels=32, channel_mults=(1, 2, 3), blocks_per_level=(1, 2, 2),
+# Named U-Nets (`minimagen train --unet NAME`), each a complete config that `UNet(PRESETS[name])` builds.
+# All use the Efficient U-Net order and skips scaled by 1/sqrt(2) (Imagen appendix B) and read MiniLM's
+# 384-wide tokens. At 64 px "base-s" has 2.3 M parameters and "base-m" 10.4 M (`bench/bench_unet.py`
+# measures their training speed). The "sr-" U-Nets are the super-resolution stages' (64 -> 256 px; the
+# 256 -> 1024 stage uses the same networks on 256 px crops): they take the low-res input and its
+# augmentation level, predict v, and have no self-attention, so they are fully convolutional apart from
+# text cross-attention at the coarsest level, and train on crops and run on whole images (Imagen appendix:
+# the 256->1024 model has no self-attention). `cascade.StageRecipe` sets the size, the encoder's width and
+# the stage's inputs with `dataclasses.replace`, so a base preset can also train an SR stage and back.
+PRESETS: dict[str, UNetConfig] = {
+    "base-s": UNetConfig(
+        image_size=64, channels=32, channel_mults=(1, 2, 3), blocks_per_level=(1, 2, 2),
         self_attention_levels=(False, False, True), cross_attention_levels=(False, True, True),
+        text_dim=384, skip_scale=2**-0.5, efficient_updown=True,
     ),
-    "base-m": dict(
-        channels=48, channel_mults=(1, 2, 3, 4), blocks_per_level=(1, 2, 2, 2),
+    "base-m": UNetConfig(
+        image_size=64, channels=48, channel_mults=(1, 2, 3, 4), blocks_per_level=(1, 2, 2, 2),
         self_attention_levels=(False, False, True, True), cross_attention_levels=(False, True, True, True),
+        text_dim=384, skip_scale=2**-0.5, efficient_updown=True,
     ),
-    "sr-s": dict(
-        channels=32, channel_mults=(1, 2, 4), blocks_per_level=(1, 2, 2),
+    "sr-s": UNetConfig(
+        image_size=256, channels=32, channel_mults=(1, 2, 4), blocks_per_level=(1, 2, 2),
         self_attention_levels=(False, False, False), cross_attention_levels=(False, False, True),
+        text_dim=384, skip_scale=2**-0.5, efficient_updown=True,
+        lowres_channels=3, aug_level_conditioning=True, prediction="v",
     ),
-    "sr-xs": dict(
-        channels=16, channel_mults=(1, 2, 4), blocks_per_level=(1, 1, 2),
+    "sr-xs": UNetConfig(
+        image_size=256, channels=16, channel_mults=(1, 2, 4), blocks_per_level=(1, 1, 2),
         self_attention_levels=(False, False, False), cross_attention_levels=(False, False, True),
+        text_dim=384, skip_scale=2**-0.5, efficient_updown=True,
+        lowres_channels=3, aug_level_conditioning=True, prediction="v",
     ),
 }
 
@@ -374,9 +383,7 @@ class UNet(nn.Module):
         tokens = mask = None
         if self.text_proj is not None:
             tokens, mask = self.project_text(x_t.shape[0], text, text_mask, text_drop)  # (B, L, cond_dim)
-            real = tokens.masked_fill(~mask[:, :, None], 0.0)  # (B, L, cond_dim), padding zeroed
-            pooled = real.sum(1) / mask.sum(1, keepdim=True)  # (B, cond_dim): mean of the real tokens
-            cond = cond + self.pool_proj(pooled)
+            cond = cond + self.pool_proj(pooled(tokens, mask))  # (B, cond_dim): mean of the real tokens
 
         h = x_t if lowres is None else torch.cat([x_t, lowres], dim=1)  # (B, in + lowres channels, H, W), SR3
         h = stem = self.stem(h)  # (B, channels, H, W)

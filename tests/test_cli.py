@@ -1,5 +1,6 @@
 """The command line: arguments are checked before work starts; train/export produce loadable files."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from minimagen import cli
 from minimagen.checkpoint import load_unet, shipped_checkpoint
+from minimagen.unet import PRESETS
 from minimagen.schedules import schedule_from_spec
 
 
@@ -19,8 +21,8 @@ def test_unknown_subcommand_and_bad_numbers_are_rejected(capsys):
 
 
 def test_train_then_export_gives_a_loadable_fp16_model(tmp_path, monkeypatch):
-    monkeypatch.setitem(cli.PRESETS, "tiny", dict(
-        channels=8, channel_mults=(1, 2), blocks_per_level=(1, 1),
+    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(
+        PRESETS["base-s"], channels=8, channel_mults=(1, 2), blocks_per_level=(1, 1),
         self_attention_levels=(False, False), cross_attention_levels=(False, True)))
     run = tmp_path / "run"
     cli.main(["train", "--out", str(run), "--unet", "tiny", "--image-size", "16", "--steps", "2",
@@ -117,8 +119,8 @@ def test_probe_command_ships_a_loadable_probe_with_its_accuracy(tmp_path):
 
 @pytest.fixture
 def tiny_preset(monkeypatch):
-    monkeypatch.setitem(cli.PRESETS, "tiny", dict(
-        channels=8, channel_mults=(1, 2), blocks_per_level=(1, 1),
+    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(
+        PRESETS["base-s"], channels=8, channel_mults=(1, 2), blocks_per_level=(1, 1),
         self_attention_levels=(False, False), cross_attention_levels=(False, True)))
 
 
@@ -162,6 +164,12 @@ def test_eval_thresholding_writes_csv_and_figure(tmp_path, tiny_preset):
     card = json.loads(model.with_suffix(".json").read_text())
     assert card["evaluation"][0]["made_by"][0].startswith("minimagen eval thresholding")
     assert [r["guidance"] for r in card["evaluation"][0]["rows"]] == [1, 1, 5, 5]
+    # dynamic thresholds with their settings, sampled ancestrally; a bad setting is one line before any work
+    cli.main(["eval", "thresholding", "--model", str(model), "--n", "2", "--weights", "3", "--modes", "dynamic:p=0.9",
+              "dynamic:max_s=1.5", "--steps", "2", "--sampler", "ddpm", "--out", str(out), "--quiet", "--threads", "1"])
+    rows = read_csv(out)
+    assert [(r.threshold, r.sampler) for r in rows] == [("dynamic:p=0.9", "ddpm"), ("dynamic:max_s=1.5", "ddpm")]
+    assert "ancestral 2 steps" in out.read_text()
 
 
 def test_eval_steps_writes_ddpm_and_ddim_rows(tmp_path, tiny_preset):
@@ -210,6 +218,8 @@ def test_a_models_folder_without_imagen_json(tmp_path, capsys):
 
 
 def test_negative_guidance_and_weights(capsys):
+    _argparse_error(capsys, ["eval", "thresholding", "--modes", "dynamic:p=2"], "minimagen eval thresholding: error:",
+                    "percentile")
     _argparse_error(capsys, ["sample", "a red circle", "--guidance", "-1"], "minimagen sample: error:", ">= 0")
     _argparse_error(capsys, ["eval", "thresholding", "--weights", "-3"], "minimagen eval thresholding: error:", ">= 0")
     _argparse_error(capsys, ["eval", "steps", "--guidance", "nan"], ">= 0")
@@ -266,3 +276,28 @@ def test_demo_writes_its_default_output_and_a_loadable_model(tmp_path, monkeypat
     assert (tmp_path / "out" / "demo.png").is_file()  # the default --out
     unet, header = load_unet(tmp_path / "u.safetensors")
     assert header["stage"] == "uncond32" and unet.config.image_size == 32 and unet.config.text_dim is None
+
+
+def test_probe_and_classifier_write_their_default_files(tmp_path, monkeypatch):
+    from minimagen.classifier import load_noisy_classifier
+    from minimagen.metrics import load_probe
+
+    monkeypatch.chdir(tmp_path)  # the defaults are relative: data/checkpoints/<name>.safetensors here
+    small = ["--steps", "2", "--batch-size", "4", "--eval-n", "4", "--quiet", "--threads", "1"]
+    assert cli.main(["probe", *small]) == 0
+    assert cli.main(["classifier", *small]) == 0
+    load_probe(tmp_path / "data/checkpoints/probe.safetensors")
+    _, header = load_noisy_classifier(tmp_path / "data/checkpoints/classifier.safetensors")
+    assert header["schedule"] == {"kind": "cosine", "T": 1000, "max_beta": 0.2}  # the base model's default
+
+
+def test_sample_and_eval_default_to_the_shipped_models_and_data_results(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["sample", "a red circle", "--steps", "1", "--quiet", "--threads", "2"]) == 0
+    assert (tmp_path / "out/sample.png").is_file()  # the default --out, from the shipped cascade
+    assert cli.main(["eval", "steps", "--n", "2", "--step-counts", "2", "--no-ddpm", "--modes", "static",
+                     "--quiet", "--threads", "2"]) == 0
+    assert (tmp_path / "data/results/steps.csv").is_file() and (tmp_path / "data/results/steps.png").is_file()
+    assert cli.main(["eval", "sr", "--n", "1", "--steps", "1", "--batch-size", "1", "--quiet", "--threads", "2"]) == 0
+    record = json.loads((tmp_path / "data/results/sr256.json").read_text())
+    assert record["stage"] == "sr256" and record["n"] == 1 and "sharpness" in " ".join(record["result"])

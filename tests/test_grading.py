@@ -139,9 +139,7 @@ def test_grade_command_writes_the_table_and_exits_by_the_verdict(tmp_path, capsy
     (["exercises", "grade", "x.ipynb", "--time-limit", "0"], "--time-limit must be > 0"),
 ])
 def test_bad_grade_input_is_one_line_and_exit_2(argv, message, capsys):
-    with pytest.raises(SystemExit) as info:
-        cli.main(argv)
-    assert info.value.code == 2
+    assert cli.main(argv) == 2  # the exit status of `minimagen`
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"minimagen exercises grade: error: {message}"] or (len(err) == 1 and message in err[0])
 
@@ -150,9 +148,7 @@ def test_student_command_writes_every_exercise(tmp_path, capsys):
     assert cli.main(["exercises", "student", str(tmp_path / "handout")]) == 0
     written = sorted(p.name for p in (tmp_path / "handout").glob("*.ipynb"))
     assert written == sorted(p.name for p in EXERCISES.glob("*.ipynb"))
-    with pytest.raises(SystemExit) as info:
-        cli.main(["exercises", "student", str(tmp_path / "h2"), "--from", str(tmp_path / "nothing-here")])
-    assert info.value.code == 2
+    assert cli.main(["exercises", "student", str(tmp_path / "h2"), "--from", str(tmp_path / "nothing-here")]) == 2
 
 
 def test_an_edited_or_removed_check_cell_does_not_pass(tmp_path):

@@ -25,6 +25,18 @@ def test_dynamic_threshold_exact_values():
     torch.testing.assert_close(dynamic_threshold(x0, percentile=0.25), static_threshold(x0))
 
 
+def test_max_scale_caps_s():
+    x0 = torch.tensor([[0.5, -2.0, 1.0, 4.0]])  # percentile 1.0 gives s = 4
+    # capped at 2: divided by 2 after clipping to [-2, 2]
+    expected = torch.tensor([[0.25, -1.0, 0.5, 1.0]])
+    torch.testing.assert_close(dynamic_threshold(x0, percentile=1.0, max_scale=2.0), expected)
+    # a cap above s changes nothing; a cap of 1 is static thresholding
+    torch.testing.assert_close(dynamic_threshold(x0, percentile=1.0, max_scale=10.0), x0 / 4)
+    torch.testing.assert_close(dynamic_threshold(x0, percentile=1.0, max_scale=1.0), static_threshold(x0))
+    with pytest.raises(ValueError, match="max_scale must be >= 1"):
+        dynamic_threshold(x0, max_scale=0.5)
+
+
 def test_dynamic_threshold_is_identity_inside_the_range():
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1
@@ -98,3 +110,16 @@ def test_bad_arguments():
         static_threshold([1.0, 2.0])
     with pytest.raises(ValueError, match="x0"):
         dynamic_threshold(torch.tensor([1, 2]))
+
+
+def test_dynamic_threshold_specs():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 3, 8, 8, generator=g) * 3
+    torch.testing.assert_close(resolve_threshold("dynamic:p=0.9")(x0), dynamic_threshold(x0, 0.9))
+    torch.testing.assert_close(resolve_threshold("dynamic:max_s=2")(x0), dynamic_threshold(x0, 0.995, 2.0))
+    torch.testing.assert_close(resolve_threshold("dynamic:p=0.9:max_s=1.5")(x0), dynamic_threshold(x0, 0.9, 1.5))
+    for bad, message in [("dynamic:q=0.9", "expected settings p="), ("dynamic:p=high", "p must be a number"),
+                         ("dynamic:p=0.9:p=0.8", "at most once"), ("dynamic:p=1.5", "percentile"),
+                         ("dynamic:max_s=0.5", "max_s|max_scale")]:
+        with pytest.raises(ValueError, match=message):
+            resolve_threshold(bad)
