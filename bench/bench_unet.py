@@ -56,7 +56,9 @@ def main() -> None:
     for name, preset in PRESETS.items():
         classic = None
         for order in ("classic", "efficient"):
-            config = dataclasses.replace(preset, image_size=64, efficient_updown=order == "efficient")
+            # every preset as a 64 px base U-Net, as the table has always compared them
+            config = dataclasses.replace(preset, image_size=64, efficient_updown=order == "efficient",
+                                         lowres_channels=0, aug_level_conditioning=False, prediction="eps")
             params = UNet(config).num_parameters()
             rate = images_per_second(config, args.batch, args.steps)
             nearest = min(REFERENCE, key=lambda p: abs(p - params))
