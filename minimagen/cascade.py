@@ -244,7 +244,33 @@ class Stage:
                            threshold=threshold, generator=generator, device=device, progress=progress)
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Does ``device`` do bfloat16 arithmetic in hardware? A CUDA GPU that says so, or a CPU with the
+    AVX-512 bf16 or AMX instructions (read from /proc/cpuinfo; False where that cannot be read). Without
+    them bfloat16 is emulated on a CPU and autocast is many times slower than float32, not faster."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = pathlib.Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """"auto" -> "bf16" where ``device`` has native bfloat16 (``native_bf16``), else "fp32"; "fp32" and
+    "bf16" are kept as asked."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
 
 
 def _sampling_model_fn(unet: torch.nn.Module, text, mask, w: float, precision: str, device, schedule, **extra):
@@ -254,10 +280,10 @@ def _sampling_model_fn(unet: torch.nn.Module, text, mask, w: float, precision: s
     1.4x faster convolutions on a CPU). ``precision="bf16"`` runs the U-Net under bfloat16 autocast
     (about 2x faster again on a CPU with AVX-512 bf16 or a GPU; eps differs from fp32 by ~0.004 on
     average, ten times less than a small model's own error) and hands eps back in float32, so the
-    sampler's arithmetic and thresholding stay in float32.
+    sampler's arithmetic and thresholding stay in float32. ``precision="auto"`` is bf16 only where the
+    device has it in hardware (``resolve_precision``).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = resolve_precision(precision, device)
     unet = unet.to(device, memory_format=torch.channels_last).eval()
     model_fn = guided_model_fn(unet, text, mask, w, schedule=schedule, **extra)
     if precision == "fp32":

@@ -761,7 +761,7 @@ def _check_settings(name: str, settings, max_steps: int) -> dict:
 
 
 def check_sampler_settings(choose: Callable[[], dict], imagen, probe, *, n: int = 32, margin: float = 0.04,
-                           max_steps: int = 25, seed: int = 0, precision: str = "bf16") -> CheckResult:
+                           max_steps: int = 25, seed: int = 0, precision: str = "auto") -> CheckResult:
     """Do the settings ``choose()`` returns lift the base model's caption alignment by at least ``margin`` over
     ``DEFAULT_SAMPLER``?
 

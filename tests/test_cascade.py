@@ -183,3 +183,13 @@ def test_crop_window_locates_the_crop_in_both_images():
         assert y % 4 == 0 and x % 4 == 0 and 0 <= y <= 48 and 0 <= x <= 48
         assert torch.equal(high, full_high[:, y:y + 16, x:x + 16])
         assert torch.equal(low, full_low[:, y // 4:y // 4 + 4, x // 4:x // 4 + 4])
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it():
+    from minimagen.cascade import native_bf16, resolve_precision
+
+    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16("cpu") else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    assert native_bf16("meta") is False
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16", "cpu")
