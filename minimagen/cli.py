@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import pathlib
 import shlex
@@ -33,6 +34,7 @@ from minimagen.metrics import load_probe, probe_accuracy, save_probe, train_prob
 from minimagen.plot import save_grid
 from minimagen.samplers import ddpm_sample
 from minimagen.schedules import schedule_from_spec
+from minimagen.texture import load_texture_probe, save_texture_probe, texture_probe_accuracy, train_texture_probe
 from minimagen.thresholding import resolve_threshold
 from minimagen.train import TrainConfig, demo_trainer, save_demo
 from minimagen.unet import PRESETS
@@ -80,12 +82,6 @@ def _from_options(cls, args: argparse.Namespace, **overrides):
     """The dataclass ``cls`` built from the options of the same names (``--batch-size`` gives ``batch_size``)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{**{k: v for k, v in vars(args).items() if k in names}, **overrides})
-
-
-def _training(args: argparse.Namespace, wall: float) -> dict:
-    """The ``training`` section of a probe's or classifier's card."""
-    return {"command": args.command_line, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-            "seed": args.seed, "wall_time_s": round(wall, 1)}
 
 
 def demo(args: argparse.Namespace) -> None:
@@ -142,33 +138,35 @@ def sample(args: argparse.Namespace) -> None:
     print(f"sample: {sizes} in {time.perf_counter() - start:.0f} s; wrote {', '.join(map(str, written))}")
 
 
-def probe(args: argparse.Namespace) -> None:
-    """Train the attribute probe on clean renders, measure it on held-out scenes, ship it with a card."""
-    start = time.perf_counter()
-    model, losses = train_probe(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                progress=not args.quiet)
-    training = _training(args, time.perf_counter() - start)
-    accuracy = probe_accuracy(model, n=args.eval_n)
-    save_probe(model, args.out, losses=losses, training=training, accuracy=accuracy, eval_n=args.eval_n)
-    for kind, table in accuracy.items():
-        print(f"probe: held-out accuracy ({kind}) " + ", ".join(f"{k} {v:.4f}" for k, v in table.items()))
-    print(f"probe: wrote {args.out}")
+# The readers: small networks trained on renders that read what an image shows (the metrics' probe, the SR
+# stages' texture probe, classifier guidance's noisy classifier): train, measure on held-out scenes, ship.
+READERS = {
+    "probe": (train_probe, probe_accuracy, save_probe),
+    "texture-probe": (train_texture_probe, texture_probe_accuracy, save_texture_probe),
+    "classifier": (train_noisy_classifier, classifier_accuracy, save_noisy_classifier),
+}
 
 
-def classifier(args: argparse.Namespace) -> None:
-    """Train the noisy classifier for classifier guidance; measure it on held-out scenes at several t."""
-    spec = {"kind": args.schedule, "T": args.T, "max_beta": args.max_beta}
-    schedule = schedule_from_spec(spec)
+def reader(args: argparse.Namespace) -> None:
+    """``probe``, ``texture-probe`` or ``classifier``: train it, measure it on held-out scenes, write it with a card."""
+    fit, measure, save = READERS[args.command]
+    if args.command == "classifier":  # it reads noisy images: trained and measured on the base model's schedule
+        spec = {"kind": args.schedule, "T": args.T, "max_beta": args.max_beta}
+        schedule = schedule_from_spec(spec)
+        fit, measure, save = (functools.partial(fit, schedule), functools.partial(measure, schedule=schedule),
+                              functools.partial(save, schedule_spec=spec))
+    options = {"width": args.width} if "width" in args else {}
     start = time.perf_counter()
-    model, losses = train_noisy_classifier(schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                           seed=args.seed, width=args.width, progress=not args.quiet)
-    training = _training(args, time.perf_counter() - start)
-    accuracy = classifier_accuracy(model, schedule, n=args.eval_n)
-    save_noisy_classifier(model, args.out, spec, losses=losses, training=training, accuracy=accuracy,
-                          eval_n=args.eval_n)
-    for level, row in accuracy.items():
-        print(f"classifier: held-out accuracy at {level}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
-    print(f"classifier: wrote {args.out}")
+    model, losses = fit(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        progress=not args.quiet, **options)
+    training = {"command": args.command_line, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                "seed": args.seed, "wall_time_s": round(time.perf_counter() - start, 1)}
+    accuracy = measure(model, n=args.eval_n)
+    save(model, args.out, losses=losses, training=training, accuracy=accuracy, eval_n=args.eval_n)
+    for name, value in accuracy.items():
+        table = ", ".join(f"{k} {v:.4f}" for k, v in value.items()) if isinstance(value, dict) else f"{value:.4f}"
+        print(f"{args.command}: held-out accuracy ({name}) {table}")
+    print(f"{args.command}: wrote {args.out}")
 
 
 def evaluate_sweep(args: argparse.Namespace) -> None:
@@ -199,13 +197,15 @@ def evaluate_sweep(args: argparse.Namespace) -> None:
 def evaluate_sr(args: argparse.Namespace) -> None:
     """``eval sr``: one SR stage against bicubic upsampling and the real renders, written as JSON."""
     imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
+    texture = load_texture_probe(args.texture_probe) if args.texture_probe else None
     result = sr_quality(imagen, args.stage, n=args.n, steps=args.steps, guidance=args.guidance, eta=args.eta,
                         aug_level=args.aug_level, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                        precision=args.precision, threshold=args.threshold, progress=not args.quiet)
+                        precision=args.precision, threshold=args.threshold, progress=not args.quiet,
+                        texture_probe=texture)
     for name, value in result.items():
         print(f"{args.stage}: {name:26s} {value:.4f}")
     out = pathlib.Path(args.out or f"data/results/{args.stage}.json")
-    settings = ("stage", "n", "steps", "aug_level", "threshold", "eta", "device")
+    settings = ("stage", "n", "steps", "guidance", "aug_level", "threshold", "eta", "device")
     record = {"command": args.command_line, **{k: getattr(args, k) for k in settings},
               "threads": torch.get_num_threads(), "result": {k: round(v, 5) for k, v in result.items()}}
     atomic_write_bytes(out, (json.dumps(record, indent=2) + "\n").encode())
@@ -253,14 +253,23 @@ def _command(sub, name: str, func, help: str, *, common: bool = True, device: bo
 def _add_schedule(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=["cosine", "linear"], default="cosine")
     p.add_argument("--T", type=_positive_int, default=1000)
-    p.add_argument("--max-beta", type=float, default=0.2,
-                   help="cosine schedule's cap on beta_t. The paper's 0.999 leaves alpha_bar[T-1] ~ 2e-9, so x0_hat "
-                   "at the first sampling step is eps's error times ~20,000; 0.2 keeps alpha_bar[T-1] ~ 3e-5, like "
-                   "the linear schedule, and changes only the last ~10 of 1000 steps")
+    p.add_argument("--max-beta", type=float, default=0.2, help="cosine schedule's cap on beta_t (the paper's 0.999 "
+                   "makes x0_hat at the first sampling step eps's error x ~20,000; see minimagen.schedules)")
+
+
+def _add_reader(sub, name: str, help: str, steps: int, batch_size: int, eval_n: int) -> _Parser:
+    """``probe``, ``texture-probe``, ``classifier``: the training and held-out options every reader has."""
+    p = _command(sub, name, reader, help, device=False)
+    p.add_argument("--out", default=f"data/checkpoints/{name.replace('-', '_')}.safetensors")
+    p.add_argument("--steps", type=_positive_int, default=steps)
+    p.add_argument("--batch-size", type=_positive_int, default=batch_size)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-n", type=_positive_int, default=eval_n, help="held-out scenes for the accuracy table")
+    return p
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                    help="bf16: U-Nets under bfloat16 autocast, about 2x faster on CPUs with AVX-512 bf16")
 
 
@@ -303,12 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aug-level", type=_non_negative_int, default=50, help="noise augmentation of the SR stages' inputs")
     _add_precision(p)
 
-    p = _command(sub, "probe", probe, "train the attribute probe used by the metrics and ship it", device=False)
-    p.add_argument("--out", default="data/checkpoints/probe.safetensors")
-    p.add_argument("--steps", type=_positive_int, default=3000)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-n", type=_positive_int, default=1000, help="held-out images for the accuracy table")
+    _add_reader(sub, "probe", "train the attribute probe (64 px) used by the metrics and ship it", 3000, 64, 1000)
+    p = _add_reader(sub, "texture-probe", "train the texture probe (256 px) that measures the SR stages", 1500, 32, 500)
+    p.add_argument("--width", type=_positive_int, default=16, help="channels of the first convolutions")
+    p = _add_reader(sub, "classifier", "train the noisy classifier that classifier guidance needs", 3000, 32, 500)
+    p.add_argument("--width", type=_positive_int, default=16, help="channels of the first block (x2, x4, x4 below)")
+    _add_schedule(p)  # must match the base model's
 
     p = _command(sub, "train", train, "train a stage on Shapes (resumes from the newest checkpoint in --out)")
     p.add_argument("--stage", choices=sorted(STAGES), default="base",
@@ -324,12 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--text-drop-prob", type=float, default=0.1,
+                   help="captions replaced by the null caption, for CFG (1: a stage trained without text)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on a GPU that has it, else fp32")
     _add_schedule(p)
     p.add_argument("--prediction", choices=["eps", "v"], default=None,
-                   help="what the U-Net predicts; default eps for the base stage, v for SR stages (an eps model "
-                   "learns x0 at high noise too weakly to keep the low-res content; see minimagen.diffusion)")
+                   help="what the U-Net predicts (default: eps for the base stage, v for SR; see minimagen.diffusion)")
     p.add_argument("--workers", type=_non_negative_int, default=0, help="threads that render each batch (0: none)")
     p.add_argument("--time-limit", type=float, default=None,
                    help="stop (with a checkpoint) after this many seconds; run the command again to continue")
@@ -338,16 +348,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", type=_positive_int, default=50_000, help="text embeddings kept in memory")
     p.add_argument("--checkpoint-every", type=_non_negative_int, default=500)
     p.add_argument("--sample-every", type=_non_negative_int, default=1000, help="sample grids to OUT/samples (0: never)")
-
-    p = _command(sub, "classifier", classifier, "train the noisy classifier that classifier guidance needs",
-                 device=False)
-    p.add_argument("--out", default="data/checkpoints/classifier.safetensors")
-    p.add_argument("--steps", type=_positive_int, default=3000)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--width", type=_positive_int, default=16, help="channels of the first block (x2, x4, x4 below)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    _add_schedule(p)  # must match the base model's
-    p.add_argument("--eval-n", type=_positive_int, default=500, help="held-out images per noise level")
 
     evals = sub.add_parser("eval", help="measure a base model with the attribute probe, or an SR stage")
     evals = evals.add_subparsers(dest="what", required=True)
@@ -376,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--threshold", choices=THRESHOLDS, default="static")
     p.add_argument("--eta", type=_non_negative_float, default=0.0, help="0: DDIM; 1: ancestral (fresh noise each step)")
+    p.add_argument("--texture-probe", default=None, metavar="PATH",
+                   help="a probe from 'minimagen texture-probe': adds texture accuracy of SR, bicubic and real")
     p.add_argument("--out", default=None, help="JSON to write (default: data/results/<stage>.json)")
     _add_precision(p)
 

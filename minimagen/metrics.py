@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm import tqdm
 
 from minimagen.checkpoint import load_state_strict, model_card, read_weights, save_weights
 from minimagen.data import BACKGROUND, COLOURS, HELD_OUT_SEED, POSITIONS, Scene, Shapes, SHAPES, SIZES, parse_caption
@@ -191,29 +192,28 @@ def corrupt(images: Tensor, generator: torch.Generator, blotches: float = 0.3, g
 
 
 def fit_attribute_reader(model: nn.Module, batch_loss, *, steps: int, batch_size: int, lr: float, seed: int,
-                         desc: str, progress: bool = True) -> list[float]:
-    """The training loop shared by the probe and lesson 06's noisy classifier: draw ``batch_size`` Shapes
-    scenes (64 px renders and their per-position ``scene_targets``), take one AdamW step on
-    ``batch_loss(model, images, targets, generator)``, decay the learning rate on a cosine.
+                         desc: str, progress: bool = True, size: int = 64, targets=scene_targets) -> list[float]:
+    """The training loop shared by the probes and lesson 06's noisy classifier: draw ``batch_size`` Shapes
+    scenes (``size`` px renders and their per-position ``targets``, a dict of [positions] tensors per scene),
+    take one AdamW step on ``batch_loss(model, images, targets, generator)``, decay the learning rate on a
+    cosine.
 
     ``generator`` (seeded with ``seed``) draws the scenes and is handed on for any other randomness
     (corruption, noise levels), so a seed fixes the whole run. Returns the per-step loss.
     """
-    from tqdm import tqdm
-
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-    data = Shapes(size=64, length=10_000_000, seed=seed)
+    data = Shapes(size=size, length=10_000_000, seed=seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     generator = torch.Generator().manual_seed(seed)
     losses = []
     for _ in tqdm(range(steps), desc=desc, disable=not progress):
         idx = torch.randint(len(data), (batch_size,), generator=generator).tolist()
-        images = torch.stack([data[i][0] for i in idx])  # (B, 3, 64, 64)
-        per_scene = [scene_targets(data.scene(i)) for i in idx]
-        targets = {name: torch.stack([t[name] for t in per_scene]) for name in HEADS}
-        loss = batch_loss(model, images, targets, generator)
+        images = torch.stack([data[i][0] for i in idx])  # (B, 3, size, size)
+        per_scene = [targets(data.scene(i)) for i in idx]
+        batch_targets = {name: torch.stack([t[name] for t in per_scene]) for name in per_scene[0]}
+        loss = batch_loss(model, images, batch_targets, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

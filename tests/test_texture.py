@@ -1,0 +1,42 @@
+"""The texture probe: targets, the 256 px view of larger images, training, save and load."""
+
+import pytest
+import torch
+
+from minimagen import texture as T
+from minimagen.checkpoint import SHIPPED_DIR
+from minimagen.data import POSITIONS, TEXTURES, Scene, ShapeObject, Shapes, render
+from minimagen.metrics import IGNORE
+
+
+def test_texture_targets_name_each_object_s_texture_at_its_position():
+    scene = Scene((ShapeObject("red", "circle", "small", "striped", "left"),
+                   ShapeObject("blue", "square", "large", "dotted", "right")))
+    target = T.texture_targets(scene)["texture"]
+    assert target[POSITIONS.index("left")] == TEXTURES.index("striped")
+    assert target[POSITIONS.index("right")] == TEXTURES.index("dotted")
+    assert (target == IGNORE).sum() == len(POSITIONS) - 2
+
+
+def test_a_1024_render_area_averaged_is_the_256_render():
+    # Textures repeat every 1/64 of the width, so averaging 4x4 blocks of the 1024 px view keeps them:
+    # the probe reads a 1024 px image at the scale the 256 px stage drew it.
+    scene = Shapes(size=256, length=4, seed=3).scene(2)
+    x256, x1024 = render(scene, 256)[None], render(scene, 1024)[None]
+    assert (T.to_probe_size(x1024) - x256).abs().mean() < 0.01
+    assert T.to_probe_size(x256) is x256
+    with pytest.raises(ValueError, match="multiple of 256"):
+        T.to_probe_size(torch.zeros(1, 3, 64, 64))
+
+
+def test_training_saving_and_loading(tmp_path):
+    probe, losses = T.train_texture_probe(steps=2, batch_size=2, width=4, progress=False)
+    assert len(losses) == 2 and probe(torch.zeros(2, 3, 512, 512))["texture"].shape == (2, len(POSITIONS), len(TEXTURES))
+    path = tmp_path / "texture.safetensors"
+    T.save_texture_probe(probe, path, losses=losses, training={"seed": 0}, accuracy={"256 clean": 0.5}, eval_n=2)
+    back = T.load_texture_probe(path)
+    x = Shapes(size=256, length=2, seed=1)[0][0][None]
+    torch.testing.assert_close(back(x)["texture"], probe(x)["texture"], atol=2e-2, rtol=0)  # fp16 on disk
+    with pytest.raises(ValueError, match="not a TextureProbe"):
+        T.load_texture_probe(SHIPPED_DIR / "probe.safetensors")
+
