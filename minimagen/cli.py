@@ -197,7 +197,7 @@ def evaluate_sweep(args: argparse.Namespace) -> None:
 def evaluate_sr(args: argparse.Namespace) -> None:
     """``eval sr``: one SR stage against bicubic upsampling and the real renders, written as JSON."""
     imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
-    texture = load_texture_probe(args.texture_probe) if args.texture_probe else None
+    texture = load_texture_probe(args.texture_probe) if args.texture_probe != "none" else None
     result = sr_quality(imagen, args.stage, n=args.n, steps=args.steps, guidance=args.guidance, eta=args.eta,
                         aug_level=args.aug_level, seed=args.seed, batch_size=args.batch_size, device=args.device,
                         precision=args.precision, threshold=args.threshold, progress=not args.quiet,
@@ -376,8 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--threshold", choices=THRESHOLDS, default="static")
     p.add_argument("--eta", type=_non_negative_float, default=0.0, help="0: DDIM; 1: ancestral (fresh noise each step)")
-    p.add_argument("--texture-probe", default=None, metavar="PATH",
-                   help="a probe from 'minimagen texture-probe': adds texture accuracy of SR, bicubic and real")
+    p.add_argument("--texture-probe", default=str(SHIPPED_DIR / "texture_probe.safetensors"), metavar="PATH",
+                   help="a probe from 'minimagen texture-probe' for the texture accuracy of SR, bicubic and real "
+                        "(default: the shipped one; 'none' leaves texture out)")
     p.add_argument("--out", default=None, help="JSON to write (default: data/results/<stage>.json)")
     _add_precision(p)
 

@@ -42,7 +42,7 @@ from minimagen.metrics import (
     sharpness,
 )
 from minimagen.text import TextEncoder
-from minimagen.texture import TextureProbe, texture_hits
+from minimagen.texture import TEXTURE_SIZE, TextureProbe, texture_hits
 from minimagen.thresholding import resolve_threshold
 
 EVAL_SEED = HELD_OUT_SEED  # scenes the evaluation prompts come from (data.HELD_OUT_SEED)
@@ -241,6 +241,9 @@ def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: fl
         raise ValueError(f"stage {stage!r} is the base model; sr_quality needs a super-resolution stage")
     low_size = imagen.stages[imagen.stages.index(sr) - 1].size
     checks.integer("n", n, note="number of scenes")
+    if texture_probe is not None and sr.size % TEXTURE_SIZE:
+        raise ValueError(f"texture_probe reads images whose side is a multiple of {TEXTURE_SIZE} px; stage {stage!r} "
+                         f"draws {sr.size} px (pass texture_probe=None)")
     pairs = SuperResolutionPairs(low_size, sr.size, length=n, seed=prompt_seed)  # each scene at both sizes
     totals: dict[str, float] = {}
     start = time.perf_counter()

@@ -91,7 +91,7 @@ def test_sample_runs_a_saved_cascade_and_writes_every_stage(tmp_path, capsys, ti
     assert "non-empty prompt" in capsys.readouterr().err
     result = tmp_path / "sr16.json"
     cli.main(["eval", "sr", "--models", str(tmp_path / "models"), "--stage", "sr16", "--n", "2", "--steps", "2",
-              "--out", str(result), "--quiet"])
+              "--out", str(result), "--quiet", "--texture-probe", "none"])
     record = json.loads(result.read_text())
     assert record["command"].startswith("minimagen eval sr") and record["stage"] == "sr16"
     assert record["result"]["sharpness_real"] > record["result"]["sharpness_bicubic"]
@@ -301,3 +301,4 @@ def test_sample_and_eval_default_to_the_shipped_models_and_data_results(tmp_path
     assert cli.main(["eval", "sr", "--n", "1", "--steps", "1", "--batch-size", "1", "--quiet", "--threads", "2"]) == 0
     record = json.loads((tmp_path / "data/results/sr256.json").read_text())
     assert record["stage"] == "sr256" and record["n"] == 1 and "sharpness" in " ".join(record["result"])
+    assert {"texture_sr", "texture_bicubic", "texture_real"} <= set(record["result"])  # the shipped texture probe

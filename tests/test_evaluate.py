@@ -8,6 +8,7 @@ from minimagen.cascade import Imagen, Stage
 from minimagen.data import Shapes
 from minimagen.metrics import AttributeProbe, load_probe, corrupt
 from minimagen.checkpoint import shipped_checkpoint
+from minimagen.texture import TextureProbe
 
 from fakes import FakeTextEncoder
 
@@ -136,3 +137,5 @@ def test_sr_quality_compares_a_stage_with_bicubic_and_real_renders(tiny_cascade_
         "seconds_per_image": q["seconds_per_image"]}  # seeded
     with pytest.raises(ValueError, match="is the base model"):
         evaluate.sr_quality(imagen, "base16", n=2)
+    with pytest.raises(ValueError, match="multiple of 256"):  # refused before any sampling
+        evaluate.sr_quality(imagen, "sr32", n=2, texture_probe=TextureProbe(width=4))
