@@ -1,5 +1,8 @@
 """Evaluation: match rates tell right renders from wrong ones; the sweep runs, is seeded, and round-trips."""
 
+import dataclasses
+import warnings
+
 import pytest
 import torch
 
@@ -80,6 +83,10 @@ def test_threshold_sweep_rows_and_csv_round_trip(tmp_path, tiny_base):
         evaluate.threshold_sweep(tiny_base, probe, n=2, modes=["clip"], progress=False)
     fig = evaluate.plot_sweep(rows)
     assert fig.axes[0].get_xlabel().startswith("Fréchet") and fig.axes[1].get_xlabel() == "guidance weight w"
+    unsaturated = [dataclasses.replace(r, saturation=0.0) for r in rows]  # a model that never saturates
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a log axis would warn "no positive values" and drop the points
+        evaluate.plot_sweep(unsaturated).canvas.draw()
 
 
 def test_dynamic_thresholding_removes_saturation_of_a_large_weight(tiny_base):
