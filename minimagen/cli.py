@@ -201,13 +201,15 @@ def evaluate_sr(args: argparse.Namespace) -> None:
     result = sr_quality(imagen, args.stage, n=args.n, steps=args.steps, guidance=args.guidance, eta=args.eta,
                         aug_level=args.aug_level, seed=args.seed, batch_size=args.batch_size, device=args.device,
                         precision=args.precision, threshold=args.threshold, progress=not args.quiet,
-                        texture_probe=texture)
+                        texture_probe=texture, inputs=args.inputs, base_guidance=args.base_guidance)
     for name, value in result.items():
-        print(f"{args.stage}: {name:26s} {value:.4f}")
+        if not name.endswith("_se"):
+            se = result.get(f"{name}_se")
+            print(f"{args.stage}: {name:26s} {value:.4f}" + (f" ± {se:.4f}" if se is not None else ""))
     out = pathlib.Path(args.out or f"data/results/{args.stage}.json")
-    settings = ("stage", "n", "steps", "guidance", "aug_level", "threshold", "eta", "device")
+    settings = ("stage", "inputs", "base_guidance", "n", "steps", "guidance", "aug_level", "threshold", "eta", "device")
     record = {"command": args.command_line, **{k: getattr(args, k) for k in settings},
-              "threads": torch.get_num_threads(), "result": {k: round(v, 5) for k, v in result.items()}}
+              "threads": torch.get_num_threads(), "result": {k: round(v, 5) if v == v else None for k, v in result.items()}}  # NaN (an SE of 1): null
     atomic_write_bytes(out, (json.dumps(record, indent=2) + "\n").encode())
     print(f"eval sr: wrote {out}")
 
@@ -376,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--threshold", choices=THRESHOLDS, default="static")
     p.add_argument("--eta", type=_non_negative_float, default=0.0, help="0: DDIM; 1: ancestral (fresh noise each step)")
+    p.add_argument("--inputs", choices=["real", "generated"], default="real",
+                   help="real low-res renders, or what the cascade's earlier stages draw for the same captions")
+    p.add_argument("--base-guidance", type=_non_negative_float, default=3.0,
+                   help="with --inputs generated: the base stage's guidance weight")
     p.add_argument("--texture-probe", default=str(SHIPPED_DIR / "texture_probe.safetensors"), metavar="PATH",
                    help="a probe from 'minimagen texture-probe' for the texture accuracy of SR, bicubic and real "
                         "(default: the shipped one; 'none' leaves texture out)")

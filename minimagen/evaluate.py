@@ -225,52 +225,71 @@ def steps_sweep(imagen, probe: AttributeProbe, *, n: int = 256, step_counts: Ite
 def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: float = 1.0, aug_level: int = 50,
                threshold: str | None = "static", seed: int = 0, prompt_seed: int = EVAL_SEED, batch_size: int = 8,
                device: str = "cpu", precision: str = "fp32", eta: float = 0.0, progress: bool = True,
-               texture_probe: TextureProbe | None = None) -> dict[str, float]:
-    """How good is one SR stage? Run it on real low-resolution renders of ``n`` held-out scenes and compare
-    with bicubic upsampling of the same inputs and with the real high-resolution renders.
+               texture_probe: TextureProbe | None = None, inputs: str = "real", base_guidance: float = 3.0,
+               base_steps: int = 50) -> dict[str, float]:
+    """How good is one SR stage? Run it on low-resolution images of ``n`` held-out scenes and compare with
+    bicubic upsampling of the same inputs and with the real high-resolution renders.
 
-    Returns means over the scenes: ``sharpness`` (mean |Laplacian|) of the SR output, of bicubic and of
-    the real render; ``downsample_error`` (RMS difference after area-downsampling back to the input size)
-    of SR and of bicubic; ``rmse_to_real`` of SR and of bicubic; and ``seconds_per_image``. An SR stage
-    should be much sharper than bicubic (towards the real render) at a small downsample error. With a
-    ``texture_probe``, also ``texture`` accuracy (the fraction of objects whose caption texture the probe
-    reads) of SR, bicubic and the real render: from a 64 px input only the text can tell the texture.
+    ``inputs="real"`` feeds the real low-resolution renders; ``inputs="generated"`` feeds what the cascade's
+    earlier stages draw for the scenes' captions (the base stage at ``base_guidance`` with ``base_steps`` DDIM
+    steps and ``threshold``, an SR stage before this one at w = 1 with 25), which is what the stage meets
+    in the cascade. Returns means over the scenes, each with
+    its standard error (``<name>_se``): ``sharpness`` (mean |Laplacian|) of the SR output, of bicubic and of
+    the real render; ``downsample_error`` (RMS difference after area-downsampling back to the input) of SR
+    and of bicubic; for real inputs ``rmse_to_real`` of SR and of bicubic; and ``seconds_per_image`` (SR
+    only). An SR stage should be much sharper than bicubic (towards the real render) at a small downsample
+    error. With a ``texture_probe``, also ``texture`` accuracy (per image, the fraction of its objects whose
+    caption texture the probe reads) of SR, bicubic and the real render: from a 64 px input only the text
+    can tell the texture.
     """
     sr = imagen.stage(stage)
     if not sr.is_super_resolution:
         raise ValueError(f"stage {stage!r} is the base model; sr_quality needs a super-resolution stage")
-    low_size = imagen.stages[imagen.stages.index(sr) - 1].size
+    checks.choice("inputs", inputs, ("real", "generated"))
+    index = imagen.stages.index(sr)
+    low_size = imagen.stages[index - 1].size
     checks.integer("n", n, note="number of scenes")
     if texture_probe is not None and sr.size % TEXTURE_SIZE:
         raise ValueError(f"texture_probe reads images whose side is a multiple of {TEXTURE_SIZE} px; stage {stage!r} "
                          f"draws {sr.size} px (pass texture_probe=None)")
     pairs = SuperResolutionPairs(low_size, sr.size, length=n, seed=prompt_seed)  # each scene at both sizes
-    totals: dict[str, float] = {}
-    start = time.perf_counter()
-    for first in tqdm(range(0, n, batch_size), desc=f"{stage} quality", disable=not progress):
+    per_image: dict[str, list[Tensor]] = {}
+    sr_seconds = 0.0
+    for first in tqdm(range(0, n, batch_size), desc=f"{stage} quality ({inputs} inputs)", disable=not progress):
         idx = range(first, min(first + batch_size, n))
         items = [pairs[i] for i in idx]
         real, low = torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
         captions = [it[2] for it in items]
+        if inputs == "generated":
+            low = imagen.sample(captions, stages=index, guidance=[base_guidance] + [1.0] * (index - 1),
+                                steps=[base_steps] + [25] * (index - 1), threshold=threshold, seed=seed + first,
+                                device=device, progress=False, precision=precision)[-1].cpu()
+        start = time.perf_counter()
         out = imagen.super_resolve(low, captions, stage=stage, guidance=guidance, steps=steps, aug_level=aug_level,
                                    threshold=threshold, seed=seed + first, device=device, progress=False,
                                    precision=precision, eta=eta).cpu()
+        sr_seconds += time.perf_counter() - start
         bicubic = upsample(low, sr.size)
         values = {
             "sharpness_sr": sharpness(out), "sharpness_bicubic": sharpness(bicubic), "sharpness_real": sharpness(real),
             "downsample_error_sr": downsample_error(out, low), "downsample_error_bicubic": downsample_error(bicubic, low),
-            "rmse_to_real_sr": (out - real).square().flatten(1).mean(1).sqrt(),
-            "rmse_to_real_bicubic": (bicubic - real).square().flatten(1).mean(1).sqrt(),
         }
+        if inputs == "real":  # a generated input is another scene than the real render: no distance to it
+            values["rmse_to_real_sr"] = (out - real).square().flatten(1).mean(1).sqrt()
+            values["rmse_to_real_bicubic"] = (bicubic - real).square().flatten(1).mean(1).sqrt()
         if texture_probe is not None:
             scenes = [pairs.high.scene(i) for i in idx]
             for name, x in (("texture_sr", out), ("texture_bicubic", bicubic), ("texture_real", real)):
                 hits, objects = texture_hits(texture_probe, x, scenes)
                 values[name] = hits / objects  # per image: the fraction of its objects read right
-        for name, per_image in values.items():
-            totals[name] = totals.get(name, 0.0) + per_image.sum().item()
-    result = {name: total / n for name, total in totals.items()}
-    result["seconds_per_image"] = (time.perf_counter() - start) / n
+        for name, value in values.items():
+            per_image.setdefault(name, []).append(value.float())
+    result = {}
+    for name, chunks in per_image.items():
+        value = torch.cat(chunks)
+        result[name] = value.mean().item()
+        result[f"{name}_se"] = (value.std() / len(value) ** 0.5).item() if len(value) > 1 else float("nan")
+    result["seconds_per_image"] = sr_seconds / n
     return result
 
 

@@ -144,5 +144,12 @@ def test_sr_quality_compares_a_stage_with_bicubic_and_real_renders(tiny_cascade_
         "seconds_per_image": q["seconds_per_image"]}  # seeded
     with pytest.raises(ValueError, match="is the base model"):
         evaluate.sr_quality(imagen, "base16", n=2)
+    assert q["sharpness_sr_se"] > 0 and q["downsample_error_bicubic_se"] >= 0  # a standard error for each mean
+    generated = evaluate.sr_quality(imagen, "sr32", n=3, steps=2, batch_size=2, aug_level=5, progress=False,
+                                    inputs="generated", base_steps=2)  # the base stage's samples of the captions
+    assert "rmse_to_real_sr" not in generated and generated["sharpness_real"] == q["sharpness_real"]
+    assert generated["downsample_error_bicubic"] != q["downsample_error_bicubic"]  # other inputs
+    with pytest.raises(ValueError, match="inputs"):
+        evaluate.sr_quality(imagen, "sr32", n=2, inputs="fake")
     with pytest.raises(ValueError, match="multiple of 256"):  # refused before any sampling
         evaluate.sr_quality(imagen, "sr32", n=2, texture_probe=TextureProbe(width=4))
