@@ -28,7 +28,7 @@ from minimagen.cascade import STAGES, Imagen, StageRecipe
 from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
 from minimagen.evaluate import (
-    base_imagen, card_record, plot_steps, plot_sweep, sr_quality, steps_sweep, threshold_sweep, write_csv,
+    base_imagen, card_record, plot_steps, plot_sweep, read_csv, sr_quality, steps_sweep, threshold_sweep, write_csv,
 )
 from minimagen.metrics import load_probe, probe_accuracy, save_probe, train_probe
 from minimagen.plot import save_grid
@@ -171,11 +171,25 @@ def reader(args: argparse.Namespace) -> None:
 
 def evaluate_sweep(args: argparse.Namespace) -> None:
     """``eval thresholding`` (guidance weight x thresholding mode, Imagen Fig. A.9) or ``eval steps`` (1000-step
-    DDPM against DDIM with fewer steps, lesson 08), measured by the probe: a CSV (with the command) + figure."""
+    DDPM against DDIM with fewer steps, lesson 08), measured by the probe: a CSV (with the command) + figure.
+
+    Each finished setting is saved at once to ``<out>.partial.csv``; the same command run again after an
+    interruption keeps those rows and samples only the rest."""
     imagen, probe = base_imagen(args.model, device=args.device), load_probe(args.probe)
+    out = pathlib.Path(args.out)
+    partial = out.with_name(out.stem + ".partial.csv")
+    done = []
+    if partial.is_file():
+        header = partial.read_text().splitlines()[:1]
+        if header == [f"# {args.command_line}"]:
+            done = read_csv(partial)
+            print(f"eval: resuming {partial}: {len(done)} settings already measured")
+        else:
+            print(f"eval: {partial} was written by another command; starting over")
+    save = lambda rows: write_csv(rows, partial, comment=args.command_line)  # noqa: E731
     common = dict(n=args.n, seed=args.seed, max_objects=args.max_objects, batch_size=args.batch_size,
-                  device=args.device, progress=not args.quiet, precision=args.precision, modes=args.modes)
-    start = time.perf_counter()
+                  device=args.device, progress=not args.quiet, precision=args.precision, modes=args.modes,
+                  done=done, on_row=save)
     if args.what == "thresholding":
         rows = threshold_sweep(imagen, probe, weights=args.weights, steps=args.steps, sampler=args.sampler, **common)
         plot, setting = plot_sweep, f"{'DDIM' if args.sampler == 'ddim' else 'ancestral'} {args.steps} steps"
@@ -183,15 +197,16 @@ def evaluate_sweep(args: argparse.Namespace) -> None:
         rows = steps_sweep(imagen, probe, step_counts=args.step_counts, guidance=args.guidance, ddpm=not args.no_ddpm,
                            ancestral_counts=args.ancestral_steps, **common)
         plot, setting = plot_steps, f"guidance w = {args.guidance:g}"
-    wall = time.perf_counter() - start
+    wall = sum(r.seconds_per_image * r.n for r in rows)  # sampling time, over every run that made a row
     comment = (f"{args.command_line}\nmodel {args.model}, probe {args.probe}, {args.n} held-out prompts per row "
-               f"(1 to {args.max_objects} objects), {setting}, {args.precision}, {wall:.0f} s on {args.device} "
-               f"({torch.get_num_threads()} threads)")
-    out = write_csv(rows, args.out, comment=comment)
+               f"(1 to {args.max_objects} objects), {setting}, {args.precision}, {wall:.0f} s of sampling on "
+               f"{args.device} ({torch.get_num_threads()} threads)")
+    write_csv(rows, out, comment=comment)
+    partial.unlink(missing_ok=True)
     figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
     plot(rows, title=f"{pathlib.Path(args.model).name}: {args.n} prompts per point, {setting}").savefig(figure, dpi=120)
     print(*rows, sep="\n")
-    print(f"eval: {len(rows)} settings in {wall:.0f} s; wrote {out} and {figure}")
+    print(f"eval: {len(rows)} settings, {wall:.0f} s of sampling; wrote {out} and {figure}")
 
 
 def evaluate_sr(args: argparse.Namespace) -> None:

@@ -59,32 +59,52 @@ def eval_prompts(n: int, seed: int = EVAL_SEED, max_objects: int = 2) -> tuple[l
     return list(captions), torch.stack(images)
 
 
-@torch.no_grad()
-def match_rates(probe: AttributeProbe, images: Tensor, captions: Sequence[str]) -> dict[str, float]:
-    """Over every object of every caption: the fraction whose attributes the probe reads back.
+MATCHES = ("colour", "shape", "size", "colour_and_shape", "colour_and_shape_anywhere")
 
-    ``colour``, ``shape``, ``size``, ``colour_and_shape`` are read at the object's position;
-    ``colour_and_shape_anywhere`` accepts an object of that colour and shape at any position.
-    """
+
+@torch.no_grad()
+def object_hits(probe: AttributeProbe, images: Tensor, captions: Sequence[str]) -> dict[str, Tensor]:
+    """Per image, how many of its caption's objects the probe reads back, for each of ``MATCHES`` (see
+    ``match_rates``), and under "objects" how many objects its caption has: [B] integer tensors."""
     if len(images) != len(captions):
         raise ValueError(f"images and captions must be as many, got {len(images)} and {len(captions)}")
     logits = probe(images)
     read = {name: logits[name].argmax(-1) for name in ("present", "colour", "shape", "size")}  # (B, positions)
-    hits = dict.fromkeys(("colour", "shape", "size", "colour_and_shape", "colour_and_shape_anywhere"), 0)
-    total = 0
+    hits = {name: torch.zeros(len(images), dtype=torch.long) for name in MATCHES + ("objects",)}
     for b, text in enumerate(captions):
         for obj in parse_caption(text).objects:
             p = POSITIONS.index(obj.position)
             colour = read["colour"][b] == COLOURS.index(obj.colour)  # (positions,)
             shape = read["shape"][b] == SHAPES.index(obj.shape)
             present = read["present"][b] == 1
-            hits["colour"] += int(present[p] and colour[p])
-            hits["shape"] += int(present[p] and shape[p])
-            hits["size"] += int(present[p] and read["size"][b, p] == SIZES.index(obj.size))
-            hits["colour_and_shape"] += int(present[p] and colour[p] and shape[p])
-            hits["colour_and_shape_anywhere"] += int((present & colour & shape).any())
-            total += 1
-    return {name: count / total for name, count in hits.items()}
+            hits["colour"][b] += int(present[p] and colour[p])
+            hits["shape"][b] += int(present[p] and shape[p])
+            hits["size"][b] += int(present[p] and read["size"][b, p] == SIZES.index(obj.size))
+            hits["colour_and_shape"][b] += int(present[p] and colour[p] and shape[p])
+            hits["colour_and_shape_anywhere"][b] += int((present & colour & shape).any())
+            hits["objects"][b] += 1
+    return hits
+
+
+def match_rates(probe: AttributeProbe, images: Tensor, captions: Sequence[str]) -> dict[str, float]:
+    """Over every object of every caption: the fraction whose attributes the probe reads back.
+
+    ``colour``, ``shape``, ``size``, ``colour_and_shape`` are read at the object's position;
+    ``colour_and_shape_anywhere`` accepts an object of that colour and shape at any position.
+    """
+    hits = object_hits(probe, images, captions)
+    total = hits["objects"].sum().item()
+    return {name: hits[name].sum().item() / total for name in MATCHES}
+
+
+def rate_se(hits: Tensor, objects: Tensor) -> float:
+    """Standard error of the rate sum(hits) / sum(objects) with the images as the sampled units (the objects
+    of one image are not independent draws): sqrt(n / (n - 1) * sum_i (hits_i - rate * objects_i)^2) / sum(objects)."""
+    n, total = len(hits), objects.sum().item()
+    if n < 2:
+        return float("nan")
+    rate = hits.sum().item() / total
+    return (n / (n - 1) * (hits - rate * objects).double().square().sum().item()) ** 0.5 / total
 
 
 @dataclasses.dataclass
@@ -106,11 +126,13 @@ class Measurement:
     colour_and_shape_anywhere: float
     seconds_per_image: float
     sampler: str = "ddim"  # "ddim" (eta = 0) or "ddpm" (ancestral: eta = 1, fresh noise at each of the steps)
+    colour_and_shape_se: float = float("nan")  # over images (rate_se); NaN in CSVs written before it existed
 
     def __str__(self) -> str:
         return (f"{self.sampler} {self.steps:4d} steps  w={self.guidance:<5g} {self.threshold:<8} alignment "
                 f"{self.alignment:.3f} ± {self.alignment_se:.3f}  FD {self.frechet:7.2f}  saturation "
-                f"{100 * self.saturation:5.2f}%  colour&shape {self.colour_and_shape:.3f}  "
+                f"{100 * self.saturation:5.2f}%  colour&shape {self.colour_and_shape:.3f} ± "
+                f"{self.colour_and_shape_se:.3f}  "
                 f"{self.seconds_per_image:.2f} s/image")
 
 
@@ -123,11 +145,14 @@ def measure(probe: AttributeProbe, images: Tensor, captions: Sequence[str], real
         fake_stats = feature_statistics(probe.features(images))
         real_stats = feature_statistics(probe.features(real))
     se = scores.std().item() / len(scores) ** 0.5 if len(scores) > 1 else float("nan")
+    hits = object_hits(probe, images, captions)
+    total = hits["objects"].sum().item()
     return Measurement(
         guidance=guidance, threshold=threshold, steps=steps, n=len(images),
         alignment=scores.mean().item(), alignment_se=se, frechet=frechet_distance(*fake_stats, *real_stats),
-        saturation=saturation(images).mean().item(), **match_rates(probe, images, captions),
+        saturation=saturation(images).mean().item(), **{name: hits[name].sum().item() / total for name in MATCHES},
         seconds_per_image=seconds_per_image, sampler=sampler,
+        colour_and_shape_se=rate_se(hits["colour_and_shape"], hits["objects"]),
     )
 
 
@@ -165,11 +190,19 @@ def _check_modes(modes: Iterable[str]) -> list[str]:
 
 
 def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, max_objects, batch_size, device,
-                  progress, precision) -> list[Measurement]:
-    """One Measurement per (guidance, threshold mode, steps, sampler) on the same prompts and noise."""
+                  progress, precision, done=(), on_row=None) -> list[Measurement]:
+    """One Measurement per (guidance, threshold mode, steps, sampler) on the same prompts and noise.
+
+    Rows in ``done`` (an interrupted run's, e.g. read back with ``read_csv``) with the same setting and ``n``
+    are kept instead of sampled again; ``on_row(rows)`` is called after each new row, e.g. to save them.
+    """
     captions, real = eval_prompts(n, seed=prompt_seed, max_objects=max_objects)
+    finished = {(r.guidance, r.threshold, r.steps, r.sampler): r for r in done if r.n == n}
     rows = []
     for w, mode, steps, sampler in tqdm(settings, desc="sweep", disable=not progress):
+        if (w, mode, steps, sampler) in finished:
+            rows.append(finished[(w, mode, steps, sampler)])
+            continue
         start = time.perf_counter()
         images = sample_in_batches(imagen, captions, guidance=w, threshold=mode,
                                    steps=steps, seed=seed, batch_size=batch_size, device=device, clamp=False,
@@ -179,24 +212,29 @@ def _run_settings(imagen, probe, settings, *, n, seed, prompt_seed, max_objects,
         # sampler left at or beyond ±1, which clamping pins to exactly ±1.
         rows.append(measure(probe, images.clamp(-1, 1), captions, real, guidance=w, threshold=mode, steps=steps,
                             seconds_per_image=per_image, sampler=sampler))
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
 def threshold_sweep(imagen, probe: AttributeProbe, *, n: int = 256, weights: Iterable[float] = PAPER_WEIGHTS,
                     modes: Iterable[str] = THRESHOLD_MODES, steps: int = 50, seed: int = 0,
                     prompt_seed: int = EVAL_SEED, max_objects: int = 2, batch_size: int = 64, device: str = "cpu",
-                    progress: bool = True, precision: str = "fp32", sampler: str = "ddim") -> list[Measurement]:
+                    progress: bool = True, precision: str = "fp32", sampler: str = "ddim", done=(),
+                    on_row=None) -> list[Measurement]:
     """Imagen's thresholding experiment (§2.3, Fig. A.9): every guidance weight × thresholding mode.
 
     The same ``n`` held-out prompts and the same starting noise for every setting, so differences
     between rows come from guidance and thresholding alone. ``sampler="ddpm"`` samples ancestrally
     (DDIM with eta = 1, fresh noise at each of the ``steps`` steps) instead of deterministic DDIM.
+    ``done`` and ``on_row`` resume an interrupted sweep (see ``_run_settings``).
     """
     modes = _check_modes(modes)
     checks.choice("sampler", sampler, ("ddim", "ddpm"))
     settings = [(float(w), mode, steps, sampler) for w in weights for mode in modes]
     return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, max_objects=max_objects,
-                         batch_size=batch_size, device=device, progress=progress, precision=precision)
+                         batch_size=batch_size, device=device, progress=progress, precision=precision, done=done,
+                         on_row=on_row)
 
 
 DDIM_STEPS = (250, 100, 50, 25, 10)  # the step counts lesson 08 compares with 1000-step DDPM
@@ -206,7 +244,7 @@ def steps_sweep(imagen, probe: AttributeProbe, *, n: int = 256, step_counts: Ite
                 modes: Iterable[str] = ("static", "dynamic"), guidance: float = 3.0, ddpm: bool = True,
                 ancestral_counts: Iterable[int] = (), seed: int = 0, prompt_seed: int = EVAL_SEED,
                 max_objects: int = 2, batch_size: int = 64, device: str = "cpu", progress: bool = True,
-                precision: str = "fp32") -> list[Measurement]:
+                precision: str = "fp32", done=(), on_row=None) -> list[Measurement]:
     """Fast sampling (DDIM §5): ancestral DDPM over all T steps against DDIM with fewer steps, for each
     thresholding mode, at one guidance weight; the same prompts and starting noise throughout.
 
@@ -219,7 +257,8 @@ def steps_sweep(imagen, probe: AttributeProbe, *, n: int = 256, step_counts: Ite
     settings = [(float(guidance), mode, k, "ddpm") for k in ancestral for mode in modes]
     settings += [(float(guidance), mode, int(k), "ddim") for k in step_counts for mode in modes]
     return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, max_objects=max_objects,
-                         batch_size=batch_size, device=device, progress=progress, precision=precision)
+                         batch_size=batch_size, device=device, progress=progress, precision=precision, done=done,
+                         on_row=on_row)
 
 
 def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: float = 1.0, aug_level: int = 50,

@@ -172,6 +172,37 @@ def test_eval_thresholding_writes_csv_and_figure(tmp_path, tiny_preset):
     assert "ancestral 2 steps" in out.read_text()
 
 
+def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, tiny_preset, monkeypatch):
+    import shlex
+
+    from minimagen import evaluate
+
+    run, model, out = tmp_path / "base", tmp_path / "base64.safetensors", tmp_path / "sweep.csv"
+    cli.main(["train", "--out", str(run), "--unet", "tiny", "--steps", "1", "--batch-size", "2",
+              "--sample-every", "0", "--quiet", "--threads", "1"])
+    cli.main(["export", str(run), str(model)])
+    argv = ["eval", "thresholding", "--model", str(model), "--n", "3", "--weights", "1", "5", "--modes", "none",
+            "static", "--steps", "2", "--out", str(out), "--quiet", "--threads", "1"]
+    assert cli.main(argv) == 0
+    full = evaluate.read_csv(out)
+    # As if stopped after two settings: their rows were saved beside the CSV, under the same command.
+    partial = tmp_path / "sweep.partial.csv"
+    evaluate.write_csv(full[:2], partial, comment="minimagen " + " ".join(shlex.quote(a) for a in argv))
+    out.unlink()
+    calls = []
+    sample = evaluate.sample_in_batches
+    monkeypatch.setattr(evaluate, "sample_in_batches", lambda *a, **k: calls.append(k["guidance"]) or sample(*a, **k))
+    assert cli.main(argv) == 0
+    assert calls == [5.0, 5.0]  # only the two settings that were missing
+    again = evaluate.read_csv(out)
+    assert [(r.guidance, r.threshold, r.alignment) for r in again] == [(r.guidance, r.threshold, r.alignment) for r in full]
+    assert not partial.exists()
+    # A partial file from another command is not trusted.
+    evaluate.write_csv(full[:2], partial, comment="minimagen eval thresholding --n 99")
+    calls.clear()
+    assert cli.main(argv) == 0 and len(calls) == 4
+
+
 def test_eval_steps_writes_ddpm_and_ddim_rows(tmp_path, tiny_preset):
     from minimagen.evaluate import read_csv
 

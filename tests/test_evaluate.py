@@ -43,6 +43,15 @@ def test_match_rates_tell_right_renders_from_wrong_ones(probe):
         evaluate.match_rates(probe, real[:3], captions)
 
 
+def test_rate_se_treats_images_as_the_sampled_units():
+    # One object per image: the ratio estimator's SE is the binomial one, sqrt(p (1 - p) / (n - 1)).
+    hits, objects = torch.tensor([1, 0, 1, 1]), torch.ones(4, dtype=torch.long)
+    assert evaluate.rate_se(hits, objects) == pytest.approx((0.75 * 0.25 / 3) ** 0.5)
+    # Two objects per image, both right or both wrong: as uncertain as one object per image, not less.
+    assert evaluate.rate_se(2 * hits, 2 * objects) == pytest.approx(evaluate.rate_se(hits, objects))
+    assert evaluate.rate_se(hits[:1], objects[:1]) != evaluate.rate_se(hits[:1], objects[:1])  # NaN for one image
+
+
 def test_probe_reads_through_background_blotches(probe):
     captions, real = evaluate.eval_prompts(32)
     noisy = corrupt(real, torch.Generator().manual_seed(1), blotches=0.3, grain=0.08)
