@@ -407,6 +407,19 @@ class Imagen:
                       device=device, precision=precision, progress=progress)
         return x.clamp(-1, 1)
 
+    def replace_stage(self, name: str, path: str | os.PathLike) -> "Imagen":
+        """This cascade with stage ``name`` loaded from another weights file (``minimagen export``), e.g. an
+        ablation of it, so it can be measured in place; the other stages and the text encoder are shared."""
+        old = self.stage(name)
+        unet, header = load_unet(path)
+        size = header.get("size")
+        if bool(unet.config.lowres_channels) != old.is_super_resolution or size != old.size:
+            raise ValueError(f"{str(path)!r} holds a {size} px {'SR' if unet.config.lowres_channels else 'base'} "
+                             f"U-Net; stage {name!r} is a {old.size} px "
+                             f"{'SR' if old.is_super_resolution else 'base'} stage")
+        stages = [Stage(name, unet, header["schedule"], old.size) if s is old else s for s in self.stages]
+        return Imagen(self.text_encoder, stages)
+
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write every stage's weights (fp16 + card-less header) and ``imagen.json`` to ``folder``."""
         folder = pathlib.Path(folder)

@@ -212,6 +212,8 @@ def evaluate_sweep(args: argparse.Namespace) -> None:
 def evaluate_sr(args: argparse.Namespace) -> None:
     """``eval sr``: one SR stage against bicubic upsampling and the real renders, written as JSON."""
     imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
+    if args.weights:
+        imagen = imagen.replace_stage(args.stage, args.weights)
     texture = load_texture_probe(args.texture_probe) if args.texture_probe != "none" else None
     result = sr_quality(imagen, args.stage, n=args.n, steps=args.steps, guidance=args.guidance, eta=args.eta,
                         aug_level=args.aug_level, seed=args.seed, batch_size=args.batch_size, device=args.device,
@@ -222,7 +224,7 @@ def evaluate_sr(args: argparse.Namespace) -> None:
             se = result.get(f"{name}_se")
             print(f"{args.stage}: {name:26s} {value:.4f}" + (f" ± {se:.4f}" if se is not None else ""))
     out = pathlib.Path(args.out or f"data/results/{args.stage}.json")
-    settings = ("stage", "inputs", "base_guidance", "n", "steps", "guidance", "aug_level", "threshold", "eta", "device")
+    settings = ("stage", "weights", "inputs", "base_guidance", "n", "steps", "guidance", "aug_level", "threshold", "eta", "device")
     record = {"command": args.command_line, **{k: getattr(args, k) for k in settings},
               "threads": torch.get_num_threads(), "result": {k: round(v, 5) if v == v else None for k, v in result.items()}}  # NaN (an SE of 1): null
     atomic_write_bytes(out, (json.dumps(record, indent=2) + "\n").encode())
@@ -386,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(evals, "sr", evaluate_sr, "one SR stage on real low-res renders: sharpness and consistency vs bicubic")
     p.add_argument("--models", default=None, help="folder with imagen.json (default: the shipped cascade)")
     p.add_argument("--stage", default="sr256", help="the SR stage to measure, e.g. sr256 or sr1024")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="measure these weights (minimagen export) as the stage, in place of the cascade's own")
     p.add_argument("--n", type=_positive_int, default=16, help="held-out scenes")
     p.add_argument("--steps", type=_positive_int, default=25, help="DDIM steps")
     p.add_argument("--guidance", type=_non_negative_float, default=1.0)

@@ -79,6 +79,16 @@ def test_cascade_samples_every_stage_and_reloads(tmp_path, tiny_cascade):
     reloaded = loaded.sample(["a red circle", "a blue square"], steps=3, guidance=(2.0, 1.0, 1.0), progress=False)
     torch.testing.assert_close(reloaded[0], images[0], atol=2e-2, rtol=0)  # fp16 weights on disk
 
+    # One stage swapped for other weights of the same kind (an ablation measured in place): the others stay.
+    other = tmp_path / "other"
+    Imagen(FakeTextEncoder(), [imagen.stages[0], imagen.stages[1]]).save_pretrained(other)
+    swapped = loaded.replace_stage("sr32", tmp_path / "sr32.safetensors")
+    assert swapped.stages[0] is loaded.stages[0] and swapped.stages[2] is not loaded.stages[2]
+    with pytest.raises(ValueError, match="16 px SR U-Net; stage 'sr32' is a 32 px SR stage"):
+        loaded.replace_stage("sr32", other / "sr16.safetensors")
+    with pytest.raises(ValueError, match="base U-Net"):
+        loaded.replace_stage("sr16", other / "base8.safetensors")
+
 
 def test_cascade_argument_errors(tmp_path, tiny_cascade):
     from minimagen.cascade import Imagen

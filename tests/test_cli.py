@@ -95,6 +95,12 @@ def test_sample_runs_a_saved_cascade_and_writes_every_stage(tmp_path, capsys, ti
     record = json.loads(result.read_text())
     assert record["command"].startswith("minimagen eval sr") and record["stage"] == "sr16"
     assert record["result"]["sharpness_real"] > record["result"]["sharpness_bicubic"]
+    cli.main(["eval", "sr", "--models", str(tmp_path / "models"), "--stage", "sr16", "--n", "2", "--steps", "2",
+              "--out", str(result), "--quiet", "--texture-probe", "none",
+              "--weights", str(tmp_path / "models" / "sr16.safetensors")])  # the same weights, given explicitly
+    again = json.loads(result.read_text())
+    assert again["weights"].endswith("sr16.safetensors") and again["result"] == record["result"] | {
+        "seconds_per_image": again["result"]["seconds_per_image"]}
 
 
 def test_probe_command_ships_a_loadable_probe_with_its_accuracy(tmp_path):
