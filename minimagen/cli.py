@@ -226,7 +226,7 @@ def evaluate_sr(args: argparse.Namespace) -> None:
     out = pathlib.Path(args.out or f"data/results/{args.stage}.json")
     settings = ("stage", "weights", "inputs", "base_guidance", "n", "steps", "guidance", "aug_level", "threshold", "eta", "device")
     record = {"command": args.command_line, **{k: getattr(args, k) for k in settings},
-              "threads": torch.get_num_threads(), "result": {k: round(v, 5) if v == v else None for k, v in result.items()}}  # NaN (an SE of 1): null
+              "threads": torch.get_num_threads(), "result": {k: round(v, 5) if v == v else None for k, v in result.items()}}  # NaN (the SE of a single scene): null
     atomic_write_bytes(out, (json.dumps(record, indent=2) + "\n").encode())
     print(f"eval sr: wrote {out}")
 

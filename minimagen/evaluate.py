@@ -92,7 +92,11 @@ def match_rates(probe: AttributeProbe, images: Tensor, captions: Sequence[str]) 
     ``colour``, ``shape``, ``size``, ``colour_and_shape`` are read at the object's position;
     ``colour_and_shape_anywhere`` accepts an object of that colour and shape at any position.
     """
-    hits = object_hits(probe, images, captions)
+    return _rates(object_hits(probe, images, captions))
+
+
+def _rates(hits: dict[str, Tensor]) -> dict[str, float]:
+    """``object_hits`` summed over the images: each of ``MATCHES`` as a fraction of all objects."""
     total = hits["objects"].sum().item()
     return {name: hits[name].sum().item() / total for name in MATCHES}
 
@@ -146,11 +150,10 @@ def measure(probe: AttributeProbe, images: Tensor, captions: Sequence[str], real
         real_stats = feature_statistics(probe.features(real))
     se = scores.std().item() / len(scores) ** 0.5 if len(scores) > 1 else float("nan")
     hits = object_hits(probe, images, captions)
-    total = hits["objects"].sum().item()
     return Measurement(
         guidance=guidance, threshold=threshold, steps=steps, n=len(images),
         alignment=scores.mean().item(), alignment_se=se, frechet=frechet_distance(*fake_stats, *real_stats),
-        saturation=saturation(images).mean().item(), **{name: hits[name].sum().item() / total for name in MATCHES},
+        saturation=saturation(images).mean().item(), **_rates(hits),
         seconds_per_image=seconds_per_image, sampler=sampler,
         colour_and_shape_se=rate_se(hits["colour_and_shape"], hits["objects"]),
     )
