@@ -44,6 +44,11 @@ class UNetConfig:
     lowres_channels: int = 0  # >0: a super-resolution U-Net that takes `lowres` (SR3)
     aug_level_conditioning: bool = False  # SR: embed the noise-augmentation level of `lowres` (Imagen §2.4)
     prediction: str = "eps"  # what the output means: "eps" (the noise) or "v" (see minimagen.diffusion)
+    # >1: the U-Net runs on non-overlapping patch_size x patch_size pixel patches, each folded into
+    # channels (space-to-depth) on the way in and unfolded on the way out, so every layer runs at
+    # 1/patch_size of the image's side (patch_size^2 fewer positions). For large SR stages, whose work is
+    # mostly per-pixel detail around content the low-res input already fixes.
+    patch_size: int = 1
 
     def __post_init__(self):
         # JSON gives lists back; the config keeps tuples so that it stays hashable and comparable.
@@ -57,7 +62,7 @@ class UNetConfig:
                 raise ValueError(f"UNetConfig.{name} needs {levels} entries, got {getattr(self, name)}")
         if any(b < 1 for b in self.blocks_per_level):
             raise ValueError(f"UNetConfig.blocks_per_level must be >= 1, got {self.blocks_per_level}")
-        for name in ("image_size", "in_channels", "out_channels", "groups", "num_heads"):
+        for name in ("image_size", "in_channels", "out_channels", "groups", "num_heads", "patch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.channels < 2 or self.channels % 2 or self.channels % self.groups:
@@ -67,7 +72,7 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.num_heads={self.num_heads} must divide channels={self.channels}")
         if self.image_size % self.downsampling_factor:
             raise ValueError(f"UNetConfig.image_size must be divisible by {self.downsampling_factor} "
-                             f"({levels} levels), got {self.image_size}")
+                             f"({levels} levels, patch_size {self.patch_size}), got {self.image_size}")
         if any(self.cross_attention_levels) and self.text_dim is None:
             raise ValueError("UNetConfig.cross_attention_levels needs text_dim (the text tokens' width)")
         if self.text_dim is not None and self.text_dim < 1:
@@ -85,9 +90,10 @@ class UNetConfig:
 
     @property
     def downsampling_factor(self) -> int:
-        """How much the lowest level is smaller than the image: the efficient order halves once more."""
+        """How much the lowest level is smaller than the image: the efficient order halves once more,
+        and patches shrink every level by patch_size."""
         levels = len(self.channel_mults)
-        return 2 ** (levels if self.efficient_updown else levels - 1)
+        return self.patch_size * 2 ** (levels if self.efficient_updown else levels - 1)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (tuples become lists), for the weights file's header."""
@@ -132,6 +138,14 @@ PRESETS: dict[str, UNetConfig] = {
         self_attention_levels=(False, False, False), cross_attention_levels=(False, False, True),
         text_dim=384, skip_scale=2**-0.5, efficient_updown=True,
         lowres_channels=3, aug_level_conditioning=True, prediction="v",
+    ),
+    # sr-xs's layout on 4x4 patches, twice as wide so that each position can describe the 48 numbers of
+    # its patch: 1/16 of the positions at every level, for the 256 -> 1024 stage (`bench/bench_cascade.py`).
+    "sr-p4": UNetConfig(
+        image_size=256, channels=32, channel_mults=(1, 2, 4), blocks_per_level=(1, 1, 2),
+        self_attention_levels=(False, False, False), cross_attention_levels=(False, False, True),
+        text_dim=384, skip_scale=2**-0.5, efficient_updown=True,
+        lowres_channels=3, aug_level_conditioning=True, prediction="v", patch_size=4,
     ),
 }
 
@@ -327,7 +341,8 @@ class UNet(nn.Module):
             # "No caption" for classifier-free guidance: one learned token, already projected (cond_dim wide).
             self.null_text = nn.Parameter(torch.randn(1, 1, cond_dim) * 0.02)
 
-        self.stem = nn.Conv2d(c.in_channels + c.lowres_channels, c.channels, 3, padding=1)
+        p2 = c.patch_size ** 2  # a patch folds p x p pixels of every channel into p^2 channels
+        self.stem = nn.Conv2d((c.in_channels + c.lowres_channels) * p2, c.channels, 3, padding=1)
         self.down_levels, self.downsamples = nn.ModuleList(), nn.ModuleList()
         ch = c.channels
         for i, w in enumerate(widths):
@@ -363,7 +378,7 @@ class UNet(nn.Module):
             self.top = ResBlock(ch + c.channels, c.channels, cond_dim, c.groups, c.dropout)
             ch = c.channels
         self.out = nn.Sequential(nn.GroupNorm(c.groups, ch), nn.SiLU(),
-                                 zero_init(nn.Conv2d(ch, c.out_channels, 3, padding=1)))  # untrained: eps = 0
+                                 zero_init(nn.Conv2d(ch, c.out_channels * p2, 3, padding=1)))  # untrained: eps = 0
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None, *, lowres: torch.Tensor | None = None,
@@ -386,7 +401,9 @@ class UNet(nn.Module):
             cond = cond + self.pool_proj(pooled(tokens, mask))  # (B, cond_dim): mean of the real tokens
 
         h = x_t if lowres is None else torch.cat([x_t, lowres], dim=1)  # (B, in + lowres channels, H, W), SR3
-        h = stem = self.stem(h)  # (B, channels, H, W)
+        if c.patch_size > 1:
+            h = F.pixel_unshuffle(h, c.patch_size)  # (B, channels * p^2, H/p, W/p): one position per patch
+        h = stem = self.stem(h)  # (B, channels, H/p, W/p)
         skips = []
         for level, down in zip(self.down_levels, self.downsamples):
             if c.efficient_updown:
@@ -403,8 +420,9 @@ class UNet(nn.Module):
             h = self.up_levels[i](h, cond, tokens, mask)  # (B, C_level, H, W)
             h = self.upsamples[i](h)  # (B, C_level, 2H, 2W), or unchanged at the top
         if self.top is not None:
-            h = self.top(torch.cat([h, stem * c.skip_scale], dim=1), cond)  # (B, channels, H, W)
-        return self.out(h)  # (B, out_channels, H, W)
+            h = self.top(torch.cat([h, stem * c.skip_scale], dim=1), cond)  # (B, channels, H/p, W/p)
+        out = self.out(h)  # (B, out_channels * p^2, H/p, W/p)
+        return F.pixel_shuffle(out, c.patch_size) if c.patch_size > 1 else out  # (B, out_channels, H, W)
 
     def project_text(self, batch, text, text_mask, text_drop):
         """Project the encoder's tokens to cond_dim; swap in the null token where there is no caption."""

@@ -152,6 +152,30 @@ def test_fully_convolutional_unet_accepts_other_sizes():
         model(torch.randn(1, 3, 33, 32), torch.tensor([5]), lowres=torch.randn(1, 3, 33, 32))
 
 
+def test_patched_unet_runs_every_level_at_a_patch_of_the_size():
+    # patch_size=p folds p x p pixels into channels: level i runs at size / (p 2^(i+1)) in the efficient order,
+    # the output has every pixel back, and the sides must divide by p times the levels' factor.
+    config = tiny(64, text=False, self_attention_levels=(False, False), efficient_updown=True,
+                  lowres_channels=3, patch_size=2)
+    model = perturbed(config)
+    assert config.downsampling_factor == 8
+    sizes = {}
+    for i, m in enumerate(model.down_levels):
+        m.register_forward_hook(lambda mod, args, out, i=i: sizes.__setitem__(i, out.shape[-1]))
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x, torch.tensor([5, 500]), lowres=torch.randn_like(x))
+    assert out.shape == x.shape and sizes == {0: 16, 1: 8}
+    # Every pixel of a patch gets its own value (the unfolding puts each channel block at its own offset).
+    assert out[:, :, 0::2, 0::2].sub(out[:, :, 1::2, 1::2]).abs().mean() > 1e-3
+    assert model(torch.randn(1, 3, 48, 40), torch.tensor([5]), lowres=torch.randn(1, 3, 48, 40)).shape[-2:] == (48, 40)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model(torch.randn(1, 3, 36, 32), torch.tensor([5]), lowres=torch.randn(1, 3, 36, 32))
+    # A config written before patch_size existed loads as an unpatched U-Net.
+    d = config.to_dict()
+    del d["patch_size"]
+    assert UNetConfig.from_dict(d).patch_size == 1
+
+
 def test_config_round_trip_and_unknown_key():
     config = tiny(efficient_updown=True, skip_scale=1 / math.sqrt(2))
     d = config.to_dict()
@@ -171,6 +195,8 @@ def test_config_round_trip_and_unknown_key():
     (dict(skip_scale=0.0), "skip_scale"),
     (dict(aug_level_conditioning=True), "aug_level_conditioning"),
     (dict(channel_mults=()), "channel_mults"),
+    (dict(patch_size=0), "patch_size"),
+    (dict(image_size=40, patch_size=4, efficient_updown=True), "image_size"),
 ])
 def test_invalid_configs_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
@@ -215,9 +241,9 @@ def test_resolution_of_each_level(efficient):
     assert sizes == {(d, i): 64 >> (i + shift) for d in ("down", "up") for i in range(2)}
 
 
-@pytest.mark.parametrize("efficient", [False, True])
-def test_gradients_reach_every_parameter(efficient):
-    model = perturbed(tiny(efficient_updown=efficient)).train()
+@pytest.mark.parametrize("efficient, patch", [(False, 1), (True, 1), (True, 2)])
+def test_gradients_reach_every_parameter(efficient, patch):
+    model = perturbed(tiny(efficient_updown=efficient, patch_size=patch)).train()
     x, t, text, mask = inputs(model.config)
     # One sample keeps its caption and one drops it, so both the text path and the null token are used.
     eps = model(x, t, text, mask, text_drop=torch.tensor([False, True]))
