@@ -351,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=20_000)
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr-decay-steps", type=_non_negative_int, default=0,
+                   help="anneal: the learning rate falls linearly to 0 over the last this many of --steps (0: constant)")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--text-drop-prob", type=float, default=0.1,
                    help="captions replaced by the null caption, for CFG (1: a stage trained without text)")

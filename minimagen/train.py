@@ -50,6 +50,9 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 3e-4  # AdamW peak learning rate, reached after `warmup_steps`
     warmup_steps: int = 100  # linear warm-up keeps the first, noisy updates small
+    # >0: the rate falls linearly to 0 over the last lr_decay_steps of `steps` (annealing: smaller updates
+    # average out the batch noise). A run resumed with a larger `steps` decays towards the new end.
+    lr_decay_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # clip the global gradient norm (Imagen clips too)
     ema_decay: float = 0.999  # EMA of the weights, used for sampling
@@ -64,6 +67,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.lr_decay_steps < 0 or self.lr_decay_steps > self.steps:
+            raise ValueError(f"TrainConfig.lr_decay_steps must be in [0, steps={self.steps}], got {self.lr_decay_steps}")
         positive = ("steps", "batch_size", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
@@ -143,7 +148,10 @@ class Trainer:
 
     # -- one step -----------------------------------------------------------------------------
     def _learning_rate(self, step: int) -> float:
-        return self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup_steps))
+        c = self.config
+        warm = min(1.0, (step + 1) / max(1, c.warmup_steps))
+        anneal = min(1.0, (c.steps - step) / c.lr_decay_steps) if c.lr_decay_steps else 1.0
+        return c.lr * warm * anneal
 
     def _batch(self) -> tuple[torch.Tensor, list[str], dict[str, torch.Tensor]]:
         """Images, captions and the U-Net's extra inputs (``model_inputs``) of one batch."""

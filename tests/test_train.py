@@ -162,6 +162,18 @@ def test_train_config_validation():
         TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
         TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        TrainConfig(steps=10, lr_decay_steps=11)
+
+
+def test_learning_rate_warms_up_holds_then_anneals_to_zero(tmp_path):
+    trainer = make_trainer(tmp_path, steps=10, lr_decay_steps=4)  # lr 1e-3, 2 warm-up steps
+    rates = [trainer._learning_rate(step) for step in range(10)]
+    expected = [5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4]
+    assert rates == pytest.approx(expected)
+    trainer.fit(progress=False)  # the optimizer really ran at those rates
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)
+    assert make_trainer(tmp_path / "constant", steps=10)._learning_rate(9) == pytest.approx(1e-3)
 
 
 @pytest.mark.parametrize("text", [False, True])
