@@ -28,7 +28,8 @@ from minimagen.cascade import STAGES, Imagen, StageRecipe
 from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
 from minimagen.evaluate import (
-    base_imagen, card_record, plot_steps, plot_sweep, read_csv, sr_quality, steps_sweep, threshold_sweep, write_csv,
+    base_imagen, card_record, per_image_path, plot_steps, plot_sweep, read_csv, sr_quality, steps_sweep, threshold_sweep,
+    write_csv,
 )
 from minimagen.metrics import load_probe, probe_accuracy, save_probe, train_probe
 from minimagen.plot import save_grid
@@ -201,12 +202,13 @@ def evaluate_sweep(args: argparse.Namespace) -> None:
     comment = (f"{args.command_line}\nmodel {args.model}, probe {args.probe}, {args.n} held-out prompts per row "
                f"(1 to {args.max_objects} objects), {setting}, {args.precision}, {wall:.0f} s of sampling on "
                f"{args.device} ({torch.get_num_threads()} threads)")
-    write_csv(rows, out, comment=comment)
+    write_csv(rows, out, comment=comment)  # and the per-image values, to per_image_path(out)
     partial.unlink(missing_ok=True)
+    per_image_path(partial).unlink(missing_ok=True)
     figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
     plot(rows, title=f"{pathlib.Path(args.model).name}: {args.n} prompts per point, {setting}").savefig(figure, dpi=120)
     print(*rows, sep="\n")
-    print(f"eval: {len(rows)} settings, {wall:.0f} s of sampling; wrote {out} and {figure}")
+    print(f"eval: {len(rows)} settings, {wall:.0f} s of sampling; wrote {out}, {per_image_path(out)} and {figure}")
 
 
 def evaluate_sr(args: argparse.Namespace) -> None:

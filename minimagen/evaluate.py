@@ -131,6 +131,26 @@ class Measurement:
     seconds_per_image: float
     sampler: str = "ddim"  # "ddim" (eta = 0) or "ddpm" (ancestral: eta = 1, fresh noise at each of the steps)
     colour_and_shape_se: float = float("nan")  # over images (rate_se); NaN in CSVs written before it existed
+    # Per image, in prompt order: "alignment", "objects" and "colour_and_shape" (its objects read right), so
+    # that a subset of the prompts can be compared prompt by prompt (``first_images``). ``write_csv`` keeps
+    # them in a companion file (``per_image_path``); None for rows read from a CSV without one.
+    per_image: dict[str, list] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def first_images(self, k: int) -> dict[str, float]:
+        """Alignment and colour & shape (with standard errors) over the first ``k`` prompts alone: what a
+        ``k``-prompt run of the same setting measures on the same prompts."""
+        checks.integer("k", k)
+        if self.per_image is None:
+            raise ValueError("this row has no per-image values (a CSV written without its .images.csv companion)")
+        if k > self.n:
+            raise ValueError(f"k must be at most the row's n = {self.n}, got {k}")
+        scores = torch.tensor(self.per_image["alignment"][:k], dtype=torch.float64)
+        hits = torch.tensor(self.per_image["colour_and_shape"][:k])
+        objects = torch.tensor(self.per_image["objects"][:k])
+        return {"n": k, "alignment": scores.mean().item(),
+                "alignment_se": scores.std().item() / k**0.5 if k > 1 else float("nan"),
+                "colour_and_shape": hits.sum().item() / objects.sum().item(),
+                "colour_and_shape_se": rate_se(hits, objects)}
 
     def __str__(self) -> str:
         return (f"{self.sampler} {self.steps:4d} steps  w={self.guidance:<5g} {self.threshold:<8} alignment "
@@ -156,6 +176,8 @@ def measure(probe: AttributeProbe, images: Tensor, captions: Sequence[str], real
         saturation=saturation(images).mean().item(), **_rates(hits),
         seconds_per_image=seconds_per_image, sampler=sampler,
         colour_and_shape_se=rate_se(hits["colour_and_shape"], hits["objects"]),
+        per_image={"alignment": [round(v, 6) for v in scores.tolist()], "objects": hits["objects"].tolist(),
+                   "colour_and_shape": hits["colour_and_shape"].tolist()},
     )
 
 
@@ -335,30 +357,64 @@ def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: fl
     return result
 
 
+_ROW_FIELDS = [f.name for f in dataclasses.fields(Measurement) if f.name != "per_image"]
+_SETTING = ("guidance", "threshold", "steps", "sampler")
+_PER_IMAGE = ("alignment", "objects", "colour_and_shape")
+
+
+def per_image_path(path: str | pathlib.Path) -> pathlib.Path:
+    """Where ``write_csv`` keeps the rows' per-image values: ``sweep.csv`` -> ``sweep.images.csv``."""
+    path = pathlib.Path(path)
+    return path.with_name(path.stem + ".images.csv")
+
+
 def write_csv(rows: Sequence[Measurement], path: str | pathlib.Path, comment: str | None = None) -> pathlib.Path:
-    """Rows as CSV (one line per setting), preceded by ``# comment`` lines, e.g. the command that ran."""
+    """Rows as CSV (one line per setting), preceded by ``# comment`` lines, e.g. the command that ran; rows
+    that carry per-image values also go, one line per image, to ``per_image_path(path)``."""
     buffer = io.StringIO()
     if comment:
         for line in comment.splitlines():
             buffer.write(f"# {line}\n")
-    fields = [f.name for f in dataclasses.fields(Measurement)]
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=_ROW_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in dataclasses.asdict(row).items()})
+        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v)
+                         for k, v in dataclasses.asdict(row).items() if k != "per_image"})
     path = pathlib.Path(path)
+    with_images = [row for row in rows if row.per_image is not None]
+    if with_images:  # written first: a CSV on disk never points at per-image values that are not there yet
+        images = io.StringIO()
+        out = csv.writer(images, lineterminator="\n")
+        out.writerow(_SETTING + ("image",) + _PER_IMAGE)
+        for row in with_images:
+            setting = tuple(getattr(row, k) for k in _SETTING)
+            for i, values in enumerate(zip(*(row.per_image[k] for k in _PER_IMAGE))):
+                out.writerow(setting + (i,) + values)
+        atomic_write_bytes(per_image_path(path), images.getvalue().encode())
     atomic_write_bytes(path, buffer.getvalue().encode())
     return path
 
 
 def read_csv(path: str | pathlib.Path) -> list[Measurement]:
-    """Rows written by ``write_csv`` (comment lines skipped)."""
+    """Rows written by ``write_csv`` (comment lines skipped), with their per-image values where the
+    companion file is there."""
     types = {f.name: f.type for f in dataclasses.fields(Measurement)}
     lines = [line for line in pathlib.Path(path).read_text().splitlines() if not line.startswith("#")]
     rows = []
     for record in csv.DictReader(lines):
         rows.append(Measurement(**{k: (str(v) if types[k] == "str" else int(v) if types[k] == "int" else float(v))
                                    for k, v in record.items()}))
+    companion = per_image_path(path)
+    if companion.is_file():
+        values: dict[tuple, dict[str, list]] = {}
+        for record in csv.DictReader(companion.read_text().splitlines()):
+            key = (float(record["guidance"]), record["threshold"], int(record["steps"]), record["sampler"])
+            per = values.setdefault(key, {k: [] for k in _PER_IMAGE})
+            per["alignment"].append(float(record["alignment"]))
+            per["objects"].append(int(record["objects"]))
+            per["colour_and_shape"].append(int(record["colour_and_shape"]))
+        for row in rows:
+            row.per_image = values.get((row.guidance, row.threshold, row.steps, row.sampler))
     return rows
 
 
@@ -367,7 +423,7 @@ def card_record(path: str | pathlib.Path) -> dict:
     comment lines that say how it was made, and its rows."""
     lines = pathlib.Path(path).read_text().splitlines()
     return {"made_by": [line[2:] for line in lines if line.startswith("# ")],
-            "rows": [dataclasses.asdict(r) for r in read_csv(path)]}
+            "rows": [{k: v for k, v in dataclasses.asdict(r).items() if k != "per_image"} for r in read_csv(path)]}
 
 
 def base_imagen(path: str | pathlib.Path, text_encoder=None, device: str = "cpu"):

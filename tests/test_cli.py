@@ -202,7 +202,8 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, tiny_preset, mo
     assert calls == [5.0, 5.0]  # only the two settings that were missing
     again = evaluate.read_csv(out)
     assert [(r.guidance, r.threshold, r.alignment) for r in again] == [(r.guidance, r.threshold, r.alignment) for r in full]
-    assert not partial.exists()
+    assert [r.per_image for r in again] == [r.per_image for r in full]  # the kept rows' per-image values too
+    assert not partial.exists() and not evaluate.per_image_path(partial).exists()
     # A partial file from another command is not trusted.
     evaluate.write_csv(full[:2], partial, comment="minimagen eval thresholding --n 99")
     calls.clear()

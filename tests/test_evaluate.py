@@ -98,6 +98,37 @@ def test_threshold_sweep_rows_and_csv_round_trip(tmp_path, tiny_base):
         evaluate.plot_sweep(unsaturated).canvas.draw()
 
 
+def test_rows_keep_per_image_values_so_a_prompt_subset_compares_prompt_by_prompt(tmp_path, tiny_base):
+    probe = AttributeProbe().eval()
+    rows = evaluate.threshold_sweep(tiny_base, probe, n=4, weights=[1, 4], modes=["static"], steps=2,
+                                    batch_size=3, progress=False)
+    for r in rows:
+        assert len(r.per_image["alignment"]) == 4
+        whole = r.first_images(4)
+        assert whole["alignment"] == pytest.approx(r.alignment, abs=1e-6)
+        assert whole["colour_and_shape"] == pytest.approx(r.colour_and_shape)
+        assert whole["colour_and_shape_se"] == pytest.approx(r.colour_and_shape_se)
+    path = evaluate.write_csv(rows, tmp_path / "sweep.csv")
+    assert evaluate.per_image_path(path).name == "sweep.images.csv"
+    assert path.read_text().splitlines()[0].split(",")[-1] == "colour_and_shape_se"  # per-image values elsewhere
+    back = evaluate.read_csv(path)
+    assert [b.per_image for b in back] == [r.per_image for r in rows]
+    # A run on the first 2 prompts alone (deterministic DDIM, the same first batch seed) measures what the
+    # 4-prompt rows hold for those prompts: the live subset of a lesson checks against the same prompts.
+    small = evaluate.threshold_sweep(tiny_base, probe, n=2, weights=[1, 4], modes=["static"], steps=2,
+                                     batch_size=3, progress=False)
+    for s, r in zip(small, back):
+        assert s.per_image["alignment"] == pytest.approx(r.per_image["alignment"][:2], abs=1e-6)
+        assert s.alignment == pytest.approx(r.first_images(2)["alignment"], abs=1e-6)
+    with pytest.raises(ValueError, match="at most"):
+        back[0].first_images(5)
+    evaluate.per_image_path(path).unlink()  # a CSV without its companion reads back without per-image values
+    with pytest.raises(ValueError, match="per-image"):
+        evaluate.read_csv(path)[0].first_images(2)
+    record = evaluate.card_record(evaluate.write_csv(rows, tmp_path / "card.csv"))
+    assert "per_image" not in record["rows"][0]
+
+
 def test_dynamic_thresholding_removes_saturation_of_a_large_weight(tiny_base):
     # An untrained U-Net at w = 10 drives x0_hat far past ±1: unthresholded samples saturate, dynamic ones not.
     captions, _ = evaluate.eval_prompts(2)
