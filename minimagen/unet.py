@@ -51,6 +51,9 @@ class UNetConfig:
     patch_size: int = 1
 
     def __post_init__(self):
+        if self.patch_size > 1 and self.in_channels != self.out_channels:
+            raise ValueError(f"UNetConfig.patch_size > 1 needs out_channels == in_channels (x_t reaches the output), "
+                             f"got {self.in_channels} and {self.out_channels}")
         # JSON gives lists back; the config keeps tuples so that it stays hashable and comparable.
         for name in ("channel_mults", "blocks_per_level", "self_attention_levels", "cross_attention_levels"):
             object.__setattr__(self, name, tuple(getattr(self, name)))  # frozen: set once, here
@@ -379,6 +382,13 @@ class UNet(nn.Module):
             ch = c.channels
         self.out = nn.Sequential(nn.GroupNorm(c.groups, ch), nn.SiLU(),
                                  zero_init(nn.Conv2d(ch, c.out_channels * p2, 3, padding=1)))  # untrained: eps = 0
+        self.patch_skip = None
+        if c.patch_size > 1:
+            # A patch's c.channels features cannot carry the in_channels * p^2 values of x_t in it, yet near
+            # t = 0 the prediction is mostly x_t's own noise, pixel by pixel: v = (sqrt(a) x_t - x0) / sqrt(1 - a).
+            # So x_t also reaches the output directly, scaled per output value by a gain learned from t
+            # (and the other conditioning); zero at initialisation, like the output layer.
+            self.patch_skip = zero_init(nn.Linear(cond_dim, c.out_channels * p2))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None, *, lowres: torch.Tensor | None = None,
@@ -402,7 +412,7 @@ class UNet(nn.Module):
 
         h = x_t if lowres is None else torch.cat([x_t, lowres], dim=1)  # (B, in + lowres channels, H, W), SR3
         if c.patch_size > 1:
-            h = F.pixel_unshuffle(h, c.patch_size)  # (B, channels * p^2, H/p, W/p): one position per patch
+            h = patches = F.pixel_unshuffle(h, c.patch_size)  # (B, channels * p^2, H/p, W/p): one position per patch
         h = stem = self.stem(h)  # (B, channels, H/p, W/p)
         skips = []
         for level, down in zip(self.down_levels, self.downsamples):
@@ -422,7 +432,11 @@ class UNet(nn.Module):
         if self.top is not None:
             h = self.top(torch.cat([h, stem * c.skip_scale], dim=1), cond)  # (B, channels, H/p, W/p)
         out = self.out(h)  # (B, out_channels * p^2, H/p, W/p)
-        return F.pixel_shuffle(out, c.patch_size) if c.patch_size > 1 else out  # (B, out_channels, H, W)
+        if self.patch_skip is None:
+            return out  # (B, out_channels, H, W)
+        x_patches = patches[:, : c.in_channels * c.patch_size**2]  # x_t's share of the folded input, same layout
+        out = out + self.patch_skip(cond)[:, :, None, None] * x_patches
+        return F.pixel_shuffle(out, c.patch_size)  # (B, out_channels, H, W)
 
     def project_text(self, batch, text, text_mask, text_drop):
         """Project the encoder's tokens to cond_dim; swap in the null token where there is no caption."""

@@ -170,6 +170,14 @@ def test_patched_unet_runs_every_level_at_a_patch_of_the_size():
     assert model(torch.randn(1, 3, 48, 40), torch.tensor([5]), lowres=torch.randn(1, 3, 48, 40)).shape[-2:] == (48, 40)
     with pytest.raises(ValueError, match="divisible by 8"):
         model(torch.randn(1, 3, 36, 32), torch.tensor([5]), lowres=torch.randn(1, 3, 36, 32))
+    # x_t reaches the output pixel for pixel through the gain from t: with the rest of the output at zero (as
+    # initialised) and a gain of 1, the U-Net returns x_t itself, so the folding and unfolding line up.
+    fresh = UNet(config).eval()
+    with torch.no_grad():
+        fresh.patch_skip.bias.fill_(1.0)
+        torch.testing.assert_close(fresh(x, torch.tensor([5, 500]), lowres=torch.randn_like(x)), x)
+    with pytest.raises(ValueError, match="out_channels"):
+        tiny(64, text=False, efficient_updown=True, patch_size=2, out_channels=6)
     # A config written before patch_size existed loads as an unpatched U-Net.
     d = config.to_dict()
     del d["patch_size"]
