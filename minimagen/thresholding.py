@@ -20,7 +20,7 @@ from torch import Tensor
 
 from minimagen import checks
 
-__all__ = ["static_threshold", "dynamic_threshold", "resolve_threshold", "Threshold"]
+__all__ = ["static_threshold", "dynamic_threshold", "resolve_threshold", "recording", "Threshold"]
 
 # What samplers accept as ``threshold=``; "none" is an alias of None so a sweep can loop over strings, and
 # "dynamic:p=0.9:max_s=2" (see ``resolve_threshold``) names a dynamic threshold with its settings.
@@ -139,3 +139,25 @@ def resolve_threshold(threshold: Threshold) -> Callable[[Tensor], Tensor] | None
     if callable(threshold):
         return threshold
     raise TypeError(f"threshold must be None, a string or a callable; got {type(threshold).__name__}")
+
+
+def recording(threshold: Threshold, log: list, percentile: float = 0.995) -> Callable[[Tensor], Tensor]:
+    """``threshold`` (anything ``resolve_threshold`` takes) that first appends what it is given to ``log``.
+
+    A sampler thresholds x0_hat once per step, so after sampling ``log`` holds one entry per step, read
+    *before* thresholding: ``{"s": the median over the batch of the ``percentile`` quantile of |x0_hat|
+    (what dynamic thresholding would divide by, before its floor of 1), "outside": the fraction of
+    x0_hat's values beyond [-1, 1]}``. It shows how far, and at which steps, a prediction overshoots.
+    """
+    checks.number("percentile", percentile, 0.0, 1.0)
+    if not isinstance(log, list):
+        raise TypeError(f"log must be a list to append to; got {type(log).__name__}")
+    apply = resolve_threshold(threshold)
+
+    def record(x0_hat: Tensor) -> Tensor:
+        flat = x0_hat.detach().abs().flatten(1).float()
+        log.append({"s": _quantile_per_sample(flat, float(percentile)).median().item(),
+                    "outside": (flat > 1).float().mean().item()})
+        return x0_hat if apply is None else apply(x0_hat)
+
+    return record

@@ -123,3 +123,22 @@ def test_dynamic_threshold_specs():
                          ("dynamic:max_s=0.5", "max_s|max_scale")]:
         with pytest.raises(ValueError, match=message):
             resolve_threshold(bad)
+
+
+def test_recording_logs_the_raw_prediction_then_thresholds():
+    from minimagen.thresholding import recording
+
+    log = []
+    f = recording("static", log)
+    x0 = torch.tensor([[[[0.5, -3.0, 2.0, 0.0]]], [[[1.5, 0.2, 0.1, 0.0]]]])  # (2, 1, 1, 4)
+    out = f(x0)
+    torch.testing.assert_close(out, x0.clamp(-1, 1))  # thresholded as asked
+    assert log[0]["outside"] == pytest.approx(3 / 8)  # read before the clip
+    s_each = [torch.quantile(x0[b].abs().flatten(), 0.995).item() for b in range(2)]
+    assert log[0]["s"] == pytest.approx(min(s_each))  # torch's median of two values is the lower one
+    untouched = recording(None, log)(x0)
+    assert untouched is x0 and len(log) == 2
+    with pytest.raises(TypeError, match="log"):
+        recording("static", ())
+    with pytest.raises(ValueError, match="percentile"):
+        recording("static", [], percentile=1.5)
