@@ -410,9 +410,8 @@ def read_csv(path: str | pathlib.Path) -> list[Measurement]:
         for record in csv.DictReader(companion.read_text().splitlines()):
             key = (float(record["guidance"]), record["threshold"], int(record["steps"]), record["sampler"])
             per = values.setdefault(key, {k: [] for k in _PER_IMAGE})
-            per["alignment"].append(float(record["alignment"]))
-            per["objects"].append(int(record["objects"]))
-            per["colour_and_shape"].append(int(record["colour_and_shape"]))
+            for k, cast in zip(_PER_IMAGE, (float, int, int)):
+                per[k].append(cast(record[k]))
         for row in rows:
             row.per_image = values.get((row.guidance, row.threshold, row.steps, row.sampler))
     return rows

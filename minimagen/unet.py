@@ -143,7 +143,8 @@ PRESETS: dict[str, UNetConfig] = {
         lowres_channels=3, aug_level_conditioning=True, prediction="v",
     ),
     # sr-xs's layout on 4x4 patches, twice as wide so that each position can describe the 48 numbers of
-    # its patch: 1/16 of the positions at every level, for the 256 -> 1024 stage (`bench/bench_cascade.py`).
+    # its patch: 1/16 of the positions at every level, for a 256 -> 1024 stage (a trial, not shipped;
+    # `python bench/bench_cascade.py --random-weights --sr1024 sr-p4` times it in the cascade).
     "sr-p4": UNetConfig(
         image_size=256, channels=32, channel_mults=(1, 2, 4), blocks_per_level=(1, 1, 2),
         self_attention_levels=(False, False, False), cross_attention_levels=(False, False, True),
