@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from minimagen import checks
 from minimagen.checkpoint import load_state_strict, model_card, read_weights, save_weights
 from minimagen.data import HELD_OUT_SEED, POSITIONS, Shapes, parse_caption
-from minimagen.diffusion import ModelFn
+from minimagen.diffusion import ModelFn, prediction_of
+from minimagen.guidance import as_eps
 from minimagen.metrics import HEADS, IGNORE, attribute_accuracy, fit_attribute_reader, probe_loss, scene_targets
 from minimagen.unet import ResBlock, embedding_mlp, timestep_embedding
 
@@ -76,7 +77,8 @@ def caption_targets(captions: list[str], device: torch.device | str = "cpu") -> 
 def classifier_guided_model_fn(unet: torch.nn.Module, classifier: NoisyClassifier, schedule, captions: list[str],
                                scale: float) -> ModelFn:
     """``model_fn(x_t, t) -> eps_hat`` for the samplers: the U-Net's *unconditional* eps (null text), pushed
-    by ``scale`` times the classifier's gradient towards the captions' attributes (D&N eq. 14).
+    by ``scale`` times the classifier's gradient towards the captions' attributes (D&N eq. 14). A U-Net
+    that predicts v has its v turned into eps first (``guidance.as_eps``), so the formula is the same.
 
     ``scale = 0`` is the unconditional model. The caption reaches the sample only through the classifier,
     so only what the classifier knows (colour, shape, size, position -- not texture) can be asked for.
@@ -85,11 +87,13 @@ def classifier_guided_model_fn(unet: torch.nn.Module, classifier: NoisyClassifie
     if not isinstance(captions, list) or not captions:
         raise ValueError("captions must be a non-empty list of Shapes captions")
     targets = caption_targets(captions)
+    # The U-Net's unconditional prediction as eps (a v-predicting U-Net's v turned into eps with the schedule).
+    unconditional = as_eps(lambda x, t: unet(x, t), prediction_of(unet), schedule)
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x_t.shape[0] != len(captions):
             raise ValueError(f"x_t has {x_t.shape[0]} images for {len(captions)} captions")
-        eps = unet(x_t, t)  # text=None: the null embedding, i.e. eps(x_t, no caption)
+        eps = unconditional(x_t, t)  # text=None: the null embedding, i.e. eps(x_t, no caption)
         if scale == 0:
             return eps
         with torch.enable_grad():  # samplers run under no_grad; the guidance needs one gradient

@@ -57,6 +57,29 @@ def test_classifier_guidance_moves_eps_along_the_gradient():
         cg.classifier_guided_model_fn(ZeroUNet(), classifier, schedule, [], 1.0)
 
 
+def test_classifier_guidance_reads_a_v_predicting_unet_as_eps():
+    # A v U-Net that knows the true x0 and eps: unguided, the model_fn must return that eps, not v.
+    from types import SimpleNamespace
+
+    from minimagen.diffusion import v_target
+
+    schedule = schedule_from_spec(SPEC)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, t = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1, torch.randn(2, 3, 64, 64, generator=g), torch.tensor([10, 990])
+    x_t = schedule.q_sample(x0, t, noise)
+
+    class OracleV(torch.nn.Module):
+        config = SimpleNamespace(prediction="v")
+
+        def forward(self, x, t_, text=None, text_mask=None):
+            return v_target(x0, noise, t_, schedule).to(x.dtype)
+
+    classifier = cg.NoisyClassifier(width=8, feature_dim=16).eval()
+    captions = ["a large red plain circle on the left", "a small blue striped square at the top"]
+    eps = cg.classifier_guided_model_fn(OracleV(), classifier, schedule, captions, 0.0)(x_t, t)
+    torch.testing.assert_close(eps, noise, atol=1e-4, rtol=1e-4)
+
+
 def test_classifier_command_trains_measures_and_ships(tmp_path):
     out = tmp_path / "classifier.safetensors"
     accuracy = cli.main(["classifier", "--out", str(out), "--steps", "30", "--batch-size", "16", "--eval-n", "32",
