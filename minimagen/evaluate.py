@@ -86,6 +86,43 @@ def object_hits(probe: AttributeProbe, images: Tensor, captions: Sequence[str]) 
     return hits
 
 
+BINDING_OUTCOMES = ("both right", "both in the first colour", "both in the second colour", "swapped", "other")
+
+
+@torch.no_grad()
+def colour_binding(probe: AttributeProbe, images: Tensor, captions: Sequence[str]) -> dict[str, int]:
+    """Does each colour land on its own object? Over the two-object captions whose objects have different
+    colours (the others cannot tell a swapped colour from a right one), the colour the probe reads at each
+    object's position, counted per caption as one of ``BINDING_OUTCOMES``: both objects right, both painted
+    in the first-mentioned object's colour, both in the second's, the two colours swapped, or anything else
+    (a colour the caption does not name, a missing object). Also "objects right", "objects in the other
+    object's colour" and "objects in neither", counted per object, and "captions": how many were counted.
+
+    The failure it measures is attribute binding, which Imagen's DrawBench probes with its "Colors"
+    category: a model that knows which colours a caption names but not which object each belongs to.
+    """
+    if len(images) != len(captions):
+        raise ValueError(f"images and captions must be as many, got {len(images)} and {len(captions)}")
+    read = probe(images)["colour"].argmax(-1)  # (B, positions): the colour read at each position
+    counts = dict.fromkeys(BINDING_OUTCOMES + ("objects right", "objects in the other object's colour",
+                                               "objects in neither", "captions"), 0)
+    for b, text in enumerate(captions):
+        objects = parse_caption(text).objects
+        if len(objects) != 2 or objects[0].colour == objects[1].colour:
+            continue
+        asked = [COLOURS.index(o.colour) for o in objects]  # [first, second]
+        got = [int(read[b, POSITIONS.index(o.position)]) for o in objects]
+        outcome = {(asked[0], asked[1]): "both right", (asked[0], asked[0]): "both in the first colour",
+                   (asked[1], asked[1]): "both in the second colour", (asked[1], asked[0]): "swapped"}
+        counts[outcome.get(tuple(got), "other")] += 1
+        for mine, theirs, colour in ((asked[0], asked[1], got[0]), (asked[1], asked[0], got[1])):
+            key = ("objects right" if colour == mine else "objects in the other object's colour" if colour == theirs
+                   else "objects in neither")
+            counts[key] += 1
+        counts["captions"] += 1
+    return counts
+
+
 def match_rates(probe: AttributeProbe, images: Tensor, captions: Sequence[str]) -> dict[str, float]:
     """Over every object of every caption: the fraction whose attributes the probe reads back.
 

@@ -43,6 +43,36 @@ def test_match_rates_tell_right_renders_from_wrong_ones(probe):
         evaluate.match_rates(probe, real[:3], captions)
 
 
+def test_colour_binding_tells_swapped_and_leaked_colours_apart(probe):
+    from minimagen.data import Scene, ShapeObject, caption, render
+
+    def obj(colour, shape, position):
+        return ShapeObject(colour=colour, shape=shape, size="large", texture="plain", position=position)
+
+    asked = Scene((obj("red", "circle", "left"), obj("blue", "square", "right")))
+    drawn = {  # what is drawn for the caption of ``asked``, and how it must be counted
+        "both right": asked,
+        "both in the first colour": Scene((obj("red", "circle", "left"), obj("red", "square", "right"))),
+        "both in the second colour": Scene((obj("blue", "circle", "left"), obj("blue", "square", "right"))),
+        "swapped": Scene((obj("blue", "circle", "left"), obj("red", "square", "right"))),
+        "other": Scene((obj("green", "circle", "left"), obj("blue", "square", "right"))),
+    }
+    images = torch.stack([render(scene, 64) for scene in drawn.values()])
+    counts = evaluate.colour_binding(probe, images, [caption(asked)] * len(drawn))
+    assert {k: counts[k] for k in evaluate.BINDING_OUTCOMES} == dict.fromkeys(evaluate.BINDING_OUTCOMES, 1)
+    # per object: 2 right (both right) + 1 + 1 (one object right in each leak) + 0 (swapped) + 1 (the blue square)
+    assert counts["objects right"] == 5 and counts["objects in the other object's colour"] == 4
+    assert counts["objects in neither"] == 1 and counts["captions"] == 5
+    # one-object captions and two objects of one colour cannot show a binding error: not counted
+    same = Scene((obj("red", "circle", "left"), obj("red", "square", "right")))
+    single = Scene((obj("red", "circle", "left"),))
+    skipped = evaluate.colour_binding(probe, torch.stack([render(same, 64), render(single, 64)]),
+                                      [caption(same), caption(single)])
+    assert skipped["captions"] == 0
+    with pytest.raises(ValueError, match="as many"):
+        evaluate.colour_binding(probe, images[:2], [caption(asked)])
+
+
 def test_rate_se_treats_images_as_the_sampled_units():
     # One object per image: the ratio estimator's SE is the binomial one, sqrt(p (1 - p) / (n - 1)).
     hits, objects = torch.tensor([1, 0, 1, 1]), torch.ones(4, dtype=torch.long)
