@@ -335,7 +335,7 @@ class Imagen:
                threshold: str | None = "dynamic", steps: int | Sequence[int] | None = None,
                aug_level: int = 50, seed: int = 0, device: str | torch.device = "cpu",
                progress: bool = True, stages: int | None = None, clamp: bool = True,
-               eta: float = 0.0, precision: str = "fp32") -> list[Tensor]:
+               eta: float | Sequence[float] = 0.0, precision: str = "fp32") -> list[Tensor]:
         """Images of every stage for ``prompts``: a list of [B, 3, size, size] tensors in [-1, 1].
 
         ``guidance`` and ``steps`` (DDIM steps) are per stage, or one value for all (default: w = 3 and 50
@@ -346,8 +346,8 @@ class Imagen:
         noise-augmentation timestep applied to each SR stage's input; ``seed`` makes the run repeatable.
         ``stages=k`` runs only the first k stages. ``clamp=False`` returns the last stage unclamped
         (e.g. to measure what sampling without thresholding produces); inputs to SR stages are always
-        clamped. ``eta`` is DDIM's noise level for every stage: 0 is deterministic DDIM, and
-        ``eta=1`` with ``steps=T`` is ancestral DDPM sampling. ``precision="bf16"`` runs the U-Nets under
+        clamped. ``eta`` is DDIM's noise level, per stage or one for all: 0 is deterministic DDIM, 1 ancestral
+        sampling (fresh noise at every step), and ``eta=1`` with ``steps=T`` is DDPM. ``precision="bf16"`` runs the U-Nets under
         bfloat16 autocast (about 2x faster, see ``_sampling_model_fn``).
         """
         n = len(self.stages) if stages is None else stages
@@ -356,15 +356,18 @@ class Imagen:
         guidance = [3.0] + [1.0] * (n_all - 1) if guidance is None else guidance
         steps = [50] + [25] * (n_all - 1) if steps is None else steps
         guidance, steps = _per_stage("guidance", guidance, n_all, n), _per_stage("steps", steps, n_all, n)
+        eta = _per_stage("eta", eta, n_all, n)
+        for value in eta:
+            checks.number("eta", value, 0.0, 1.0, note="DDIM's noise level: 0 deterministic, 1 ancestral")
         text, mask = self.text_encoder.encode(prompts)  # (B, L, D), (B, L); checks the prompts
         text, mask = text.to(device), mask.to(device)
         generator = torch.Generator().manual_seed(seed)
         images: list[Tensor] = []
-        for stage, w, k in zip(self.stages[:n], guidance, steps):
+        for stage, w, k, noise in zip(self.stages[:n], guidance, steps, eta):
             if progress:
-                print(f"stage {stage.name}: {stage.size}×{stage.size}, {k} DDIM steps, guidance w = {w}")
+                print(f"stage {stage.name}: {stage.size}×{stage.size}, {k} DDIM steps (eta = {noise:g}), guidance w = {w}")
             x = stage.sample(text, mask, lowres=images[-1] if stage.is_super_resolution else None, guidance=w,
-                             steps=k, threshold=threshold, eta=eta, aug_level=aug_level, generator=generator,
+                             steps=k, threshold=threshold, eta=noise, aug_level=aug_level, generator=generator,
                              device=device, precision=precision, progress=progress)
             images.append(x.clamp(-1, 1))
         if not clamp:

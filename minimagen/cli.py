@@ -68,6 +68,8 @@ _non_negative_float = _number(float, 0.0, "a number >= 0")
 
 
 THRESHOLDS = ["none", "static", "dynamic"]
+# `minimagen sample`'s noise level per stage: deterministic DDIM everywhere.
+SAMPLE_ETA = [0.0]
 
 
 def _threshold(text: str) -> str:
@@ -128,8 +130,8 @@ def sample(args: argparse.Namespace) -> None:
     imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
     start = time.perf_counter()
     images = imagen.sample(args.prompts, guidance=args.guidance, steps=args.steps, threshold=args.threshold,
-                           aug_level=args.aug_level, seed=args.seed, device=args.device, progress=not args.quiet,
-                           precision=args.precision)
+                           eta=args.eta, aug_level=args.aug_level, seed=args.seed, device=args.device,
+                           progress=not args.quiet, precision=args.precision)
     out, nrow = pathlib.Path(args.out), len(args.prompts)
     written = [save_grid(images[-1], out, nrow=nrow)]
     if args.all_stages:
@@ -328,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per stage, or one for all (default: 3 for the base stage, 1 for SR stages)")
     p.add_argument("--steps", type=_positive_int, nargs="+", default=None,
                    help="DDIM steps, per stage or one for all (default: 50 for the base stage, 25 for SR stages)")
+    p.add_argument("--eta", type=_non_negative_float, nargs="+", default=SAMPLE_ETA,
+                   help="DDIM's noise level per stage, or one for all: 0 deterministic, 1 ancestral (default: "
+                        f"{' '.join(f'{v:g}' for v in SAMPLE_ETA)})")
     p.add_argument("--threshold", choices=THRESHOLDS, default="static",
                    help="static beats dynamic with the shipped base model (data/results/thresholding.csv)")
     p.add_argument("--aug-level", type=_non_negative_int, default=50, help="noise augmentation of the SR stages' inputs")

@@ -108,6 +108,24 @@ def test_cascade_argument_errors(tmp_path, tiny_cascade):
         Imagen.from_pretrained(tmp_path)
 
 
+def test_eta_is_given_per_stage_or_once_for_all(tiny_cascade):
+    imagen, prompts = tiny_cascade, ["a red circle", "a blue square"]
+    ddim = imagen.sample(prompts, steps=2, progress=False, seed=3)
+    same = imagen.sample(prompts, steps=2, progress=False, seed=3, eta=[0.0, 0.0, 0.0])
+    assert all(torch.equal(a, b) for a, b in zip(ddim, same))
+    # ancestral base stage only: the base image changes; the SR stages still run deterministically
+    mixed = imagen.sample(prompts, steps=2, progress=False, seed=3, eta=[1.0, 0.0, 0.0])
+    assert not torch.equal(mixed[0], ddim[0])
+    again = imagen.sample(prompts, steps=2, progress=False, seed=3, eta=[1.0, 0.0, 0.0])
+    assert all(torch.equal(a, b) for a, b in zip(mixed, again))  # seeded: repeatable
+    base_only = imagen.sample(prompts, steps=2, progress=False, seed=3, eta=[1.0], stages=1)
+    assert torch.equal(base_only[0], mixed[0])
+    with pytest.raises(ValueError, match="eta needs one value per stage"):
+        imagen.sample(prompts, steps=2, progress=False, eta=[1.0, 0.0])
+    with pytest.raises(ValueError, match="eta must be"):
+        imagen.sample(prompts, steps=2, progress=False, eta=1.5)
+
+
 def test_super_resolve_checks_the_input_size_and_runs_one_stage(tiny_cascade):
     imagen = tiny_cascade
     low = torch.rand(2, 3, 8, 8) * 2 - 1

@@ -263,6 +263,13 @@ def test_negative_guidance_and_weights(capsys):
     _argparse_error(capsys, ["eval", "steps", "--guidance", "nan"], ">= 0")
 
 
+def test_eta_out_of_range_or_miscounted(capsys):
+    _argparse_error(capsys, ["sample", "a red circle", "--eta", "-1"], "minimagen sample: error:", ">= 0")
+    _one_line_error(capsys, ["sample", "a red circle", "--eta", "1.5"], "minimagen sample: error:", "eta must be in [0, 1]")
+    _one_line_error(capsys, ["sample", "a red circle", "--eta", "1", "0"], "minimagen sample: error:",
+                    "eta needs one value per stage (3)")
+
+
 def test_out_naming_a_folder(tmp_path, capsys):
     _one_line_error(capsys, ["sample", "a red circle", "--out", str(tmp_path)], "is a folder")
     _one_line_error(capsys, ["eval", "thresholding", "--out", str(tmp_path)], "is a folder")
