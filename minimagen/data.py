@@ -16,6 +16,8 @@ Images are float32 tensors [3, H, W] in [-1, 1].
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +75,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # The seed of the held-out scenes every measurement reads (probe and classifier accuracy, evaluation prompts,
 # SR quality); training runs use small seeds, so these scenes are never trained on.
 HELD_OUT_SEED = 10_000
+# Colour-shape pairs a compositional test can hold out of training (Shapes(colour_shapes=...)): every
+# colour once and every shape at least once, so a model trained without them has seen each word, only
+# never these two together.
+HELD_OUT_COLOUR_SHAPES: frozenset[tuple[str, str]] = frozenset({
+    ("red", "triangle"), ("green", "diamond"), ("blue", "cross"), ("yellow", "circle"), ("purple", "square"),
+    ("orange", "triangle"),
+})
+ALL_COLOUR_SHAPES: frozenset[tuple[str, str]] = frozenset((c, s) for c in COLOURS for s in SHAPES)
 
 
 # --- Scenes and captions ------------------------------------------------------------------------------
@@ -128,21 +138,43 @@ def _check_textures(textures: tuple[str, ...]) -> tuple[str, ...]:
     return textures
 
 
-def random_scene(rng: np.random.Generator, max_objects: int = 2, textures: tuple[str, ...] = TEXTURES) -> Scene:
-    """Draw a scene: 1 to `max_objects` objects, every attribute uniform over its words."""
+def _check_colour_shapes(colour_shapes) -> tuple[tuple[str, str], ...] | None:
+    """None (every pair), or the allowed (colour, shape) pairs in a fixed order, each checked."""
+    if colour_shapes is None:
+        return None
+    if isinstance(colour_shapes, (str, tuple)) and colour_shapes and isinstance(colour_shapes[0], str):
+        raise TypeError(f"colour_shapes must be a set of (colour, shape) pairs, got {colour_shapes!r}")
+    pairs = sorted(set(map(tuple, colour_shapes)))
+    unknown = [p for p in pairs if p not in ALL_COLOUR_SHAPES]
+    if not pairs or unknown:
+        raise ValueError(f"colour_shapes must be a non-empty set of (colour, shape) pairs of {COLOURS} x {SHAPES}, "
+                         f"got {len(pairs)} pairs (unknown: {unknown})")
+    return tuple(pairs)
+
+
+def random_scene(rng: np.random.Generator, max_objects: int = 2, textures: tuple[str, ...] = TEXTURES,
+                 colour_shapes=None) -> Scene:
+    """Draw a scene: 1 to `max_objects` objects, every attribute uniform over its words.
+
+    `colour_shapes` (a set of (colour, shape) pairs) restricts every object to those pairs, drawn uniformly,
+    e.g. `ALL_COLOUR_SHAPES - HELD_OUT_COLOUR_SHAPES` to train without some combinations and
+    `HELD_OUT_COLOUR_SHAPES` to test on them. None (the default) draws colour and shape independently.
+    """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator (e.g. default_rng(seed)), got {type(rng).__name__}")
     if max_objects not in (1, 2):
         raise ValueError(f"max_objects must be 1 or 2, got {max_objects!r}")
     textures = _check_textures(textures)
+    pairs = _check_colour_shapes(colour_shapes)
     n_objects = 1 if max_objects == 1 else int(rng.integers(1, 3))
     positions = (_pick(rng, POSITIONS),) if n_objects == 1 else _pick(rng, PAIRS)
-    objects = tuple(
-        ShapeObject(colour=_pick(rng, COLOURS), shape=_pick(rng, SHAPES), size=_pick(rng, SIZES),
-                    texture=_pick(rng, textures), position=position)
-        for position in positions
-    )
-    return Scene(objects)
+    objects = []
+    for position in positions:
+        # unrestricted: colour then shape, as scenes were always drawn (so seeds keep their scenes)
+        colour, shape = (_pick(rng, COLOURS), _pick(rng, SHAPES)) if pairs is None else _pick(rng, pairs)
+        objects.append(ShapeObject(colour=colour, shape=shape, size=_pick(rng, SIZES), texture=_pick(rng, textures),
+                                   position=position))
+    return Scene(tuple(objects))
 
 
 def caption(scene: Scene) -> str:
@@ -150,6 +182,46 @@ def caption(scene: Scene) -> str:
     return " and ".join(
         f"a {o.size} {o.colour} {o.texture} {o.shape} {WHERE[o.position]}" for o in scene.objects
     )
+
+
+PARAPHRASES_PATH = Path(__file__).resolve().parents[1] / "data" / "paraphrases.json"
+PARAPHRASE_KINDS = ("synonyms", "reordered")
+
+
+@functools.lru_cache(maxsize=1)
+def paraphrase_words() -> dict[str, dict[str, list[str]]]:
+    """`data/paraphrases.json`: for each attribute ("size", "colour", "texture", "shape", "where") and each of
+    its words, phrases the captions never use."""
+    words = json.loads(PARAPHRASES_PATH.read_text())
+    vocabulary = {"size": SIZES, "colour": COLOURS, "texture": TEXTURES, "shape": SHAPES, "where": POSITIONS}
+    for attribute, options in vocabulary.items():
+        if sorted(words.get(attribute, {})) != sorted(options) or not all(words[attribute].values()):
+            raise ValueError(f"{PARAPHRASES_PATH} must give phrases for every {attribute}: {options}")
+    return words
+
+
+def paraphrase(scene: Scene, kind: str, rng: np.random.Generator) -> str:
+    """The scene said another way, for testing a text encoder on words and orders it was not trained on.
+
+    ``kind="synonyms"``: every size, colour, texture and shape word replaced by a synonym the captions never
+    use, and each position reworded ("a big crimson stripy disc on the left-hand side");
+    ``kind="reordered"``: the caption's own words with the position first and the objects in the other order
+    ("at the bottom, a large blue plain square, and on the top, ..."). Which synonym is drawn from ``rng``;
+    ``parse_caption`` cannot read the result, so keep the scene to score an image against its meaning.
+    """
+    checks.choice("kind", kind, PARAPHRASE_KINDS)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if kind == "reordered":
+        parts = [f"{WHERE[o.position]}, a {o.size} {o.colour} {o.texture} {o.shape}" for o in reversed(scene.objects)]
+        return ", and ".join(parts)
+    words = paraphrase_words()
+    parts = []
+    for o in scene.objects:
+        size, colour, texture, shape, where = (_pick(rng, tuple(words[a][v])) for a, v in (
+            ("size", o.size), ("colour", o.colour), ("texture", o.texture), ("shape", o.shape), ("where", o.position)))
+        parts.append(f"a {size} {colour} {texture} {shape} {where}")
+    return " and ".join(parts)
 
 
 _POSITION_OF_WHERE = {where: position for position, where in WHERE.items()}
@@ -321,11 +393,12 @@ class Shapes(Dataset):
 
     Scene i depends only on (seed, i), so `Shapes(64, seed=k)[i]` and `Shapes(1024, seed=k)[i]` show the
     same scene at two resolutions: the pairs the super-resolution stages train on.
-    `textures=("plain",)` and `max_objects=1` give the easier dataset of the first lessons.
+    `textures=("plain",)` and `max_objects=1` give the easier dataset of the first lessons;
+    `colour_shapes` restricts the objects to some (colour, shape) pairs (see `random_scene`).
     """
 
     def __init__(self, size: int = 64, length: int = 10_000, seed: int = 0, max_objects: int = 2,
-                 textures: tuple[str, ...] = TEXTURES) -> None:
+                 textures: tuple[str, ...] = TEXTURES, colour_shapes=None) -> None:
         self.size = _check_size(size)
         checks.integer("length", length)
         checks.integer("seed", seed, 0)
@@ -333,6 +406,7 @@ class Shapes(Dataset):
             raise ValueError(f"max_objects must be 1 or 2, got {max_objects!r}")
         self.length, self.seed, self.max_objects = length, seed, max_objects
         self.textures = _check_textures(textures)
+        self.colour_shapes = _check_colour_shapes(colour_shapes)  # None: colour and shape drawn independently
 
     def __len__(self) -> int:
         return self.length
@@ -341,7 +415,7 @@ class Shapes(Dataset):
         """The scene behind item `index`, drawn from numpy's default_rng([seed, index])."""
         index = _check_index(index, self.length)
         rng = np.random.default_rng([self.seed, index])
-        return random_scene(rng, self.max_objects, self.textures)
+        return random_scene(rng, self.max_objects, self.textures, self.colour_shapes)
 
     def __getitem__(self, index: int) -> tuple[Tensor, str]:
         scene = self.scene(index)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from minimagen.data import (
     CENTRES, COLOUR_RGB, COLOURS, HALF_EXTENT, POSITIONS, SHAPES, SIZES, TEXTURES, ImageCaptionFolder, Scene,
-    ShapeObject, Shapes, caption, parse_caption, random_scene, render,
+    ShapeObject, Shapes, WHERE, caption, parse_caption, random_scene, render,
 )
 
 BACKGROUND_PIXEL = 2 * 0.18 - 1
@@ -194,6 +194,58 @@ def test_shapes_different_seeds_and_indices_differ():
 def test_shapes_easy_variant():
     ds = Shapes(length=40, max_objects=1, textures=("plain",))
     assert all(ds.scene(i).objects[0].texture == "plain" and len(ds.scene(i).objects) == 1 for i in range(40))
+
+
+def test_held_out_colour_shapes_never_occur_in_training_and_only_they_in_the_test():
+    from minimagen.data import ALL_COLOUR_SHAPES, HELD_OUT_COLOUR_SHAPES, parse_caption
+
+    train = Shapes(64, length=2000, seed=0, colour_shapes=ALL_COLOUR_SHAPES - HELD_OUT_COLOUR_SHAPES)
+    seen = {(o.colour, o.shape) for i in range(len(train)) for o in train.scene(i).objects}
+    assert not seen & HELD_OUT_COLOUR_SHAPES  # really absent from training
+    assert seen == ALL_COLOUR_SHAPES - HELD_OUT_COLOUR_SHAPES  # and every other pair is there
+    # each held-out pair's colour and shape occur in training, just never together
+    assert {c for c, _ in HELD_OUT_COLOUR_SHAPES} <= {c for c, _ in seen}
+    assert {s for _, s in HELD_OUT_COLOUR_SHAPES} <= {s for _, s in seen}
+    test = Shapes(64, length=300, seed=10_000, colour_shapes=HELD_OUT_COLOUR_SHAPES)
+    drawn = {(o.colour, o.shape) for i in range(len(test)) for o in parse_caption(test[i][1]).objects}
+    assert drawn == HELD_OUT_COLOUR_SHAPES
+    # unrestricted scenes are unchanged by the option's existence: None draws as before
+    assert Shapes(64, length=5, seed=3, colour_shapes=None).scene(4) == Shapes(64, length=5, seed=3).scene(4)
+    with pytest.raises(ValueError, match="colour_shapes must be a non-empty set"):
+        Shapes(64, colour_shapes={("red", "hexagon")})
+    with pytest.raises(ValueError, match="colour_shapes must be a non-empty set"):
+        Shapes(64, colour_shapes=set())
+    with pytest.raises(TypeError, match="set of \\(colour, shape\\) pairs"):
+        Shapes(64, colour_shapes=("red", "circle"))
+
+
+def test_paraphrases_use_words_the_captions_never_use_and_keep_the_meaning():
+    from minimagen.data import COLOURS, PARAPHRASE_KINDS, SHAPES, SIZES, TEXTURES, paraphrase, paraphrase_words
+
+    shapes = Shapes(64, length=200, seed=0)
+    training_words = {w for i in range(200) for w in shapes[i][1].replace(",", "").split()}
+    words = paraphrase_words()
+    for attribute in ("size", "colour", "texture", "shape"):
+        for synonyms in words[attribute].values():
+            for phrase in synonyms:  # e.g. "circular shape": no word of it is a caption word
+                assert not set(phrase.replace("-", " ").split()) & training_words, phrase
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        scene = shapes.scene(i)
+        said = paraphrase(scene, "synonyms", rng)
+        for o in scene.objects:  # each object's attribute words are gone ...
+            assert not {o.size, o.colour, o.texture, o.shape} & set(said.replace(",", "").split())
+        assert said.count(" and ") == len(scene.objects) - 1  # ... and each object is still there
+        reordered = paraphrase(scene, "reordered", rng)
+        assert sorted(reordered.replace(",", "").split()) == sorted(shapes[i][1].split())  # the same words
+        assert reordered.startswith(WHERE[scene.objects[-1].position])
+    assert paraphrase(shapes.scene(0), "synonyms", np.random.default_rng(5)) == paraphrase(
+        shapes.scene(0), "synonyms", np.random.default_rng(5))  # seeded
+    with pytest.raises(ValueError, match="kind must be"):
+        paraphrase(shapes.scene(0), "shuffled", rng)
+    assert set(PARAPHRASE_KINDS) == {"synonyms", "reordered"}
+    assert set(words["colour"]) == set(COLOURS) and set(words["shape"]) == set(SHAPES)
+    assert set(words["size"]) == set(SIZES) and set(words["texture"]) == set(TEXTURES)
 
 
 def test_shapes_errors():
