@@ -161,14 +161,24 @@ def _transformers():
     return transformers
 
 
-def load_encoder(source: str, model_type: str):
-    """Load (model, tokenizer) from a folder or cached name; safetensors only, no remote code."""
+def load_encoder(source: str, model_type: str, pretrained: bool = True, seed: int = 0):
+    """Load (model, tokenizer) from a folder or cached name; safetensors only, no remote code.
+
+    ``pretrained=False`` builds the same architecture from its config with random weights drawn from
+    ``seed`` instead (the tokenizer is the pretrained one): what is left of the encoder without pretraining.
+    """
     transformers = _transformers()
 
     if model_type in T5_FAMILY:
         model_class = getattr(transformers, T5_FAMILY[model_type])
     else:
         model_class = transformers.AutoModel
+    if not pretrained:
+        config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
+        with torch.random.fork_rng(devices=[]):  # the weights depend on seed alone, not on the global RNG
+            torch.manual_seed(seed)
+            model = (model_class if model_type in T5_FAMILY else transformers.AutoModel).from_config(config)
+        return model, transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
     with _no_progress_bar():
         try:
             model = model_class.from_pretrained(source, local_files_only=True, use_safetensors=True)
@@ -235,11 +245,17 @@ class TextEncoder:
     """
 
     def __init__(self, name: str = "minilm", max_length: int = 32, device: str | torch.device = "cpu",
-                 cache: bool = True, cache_size: int = 10_000):
+                 cache: bool = True, cache_size: int = 10_000, pretrained: bool = True, seed: int = 0):
         checks.integer("max_length", max_length, 2, note="room for special tokens")
         checks.integer("cache_size", cache_size)
+        checks.integer("seed", seed, 0)
+        if not isinstance(pretrained, bool):
+            raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
         source, self.model_type = resolve_encoder(name)
-        self.model, self.tokenizer = load_encoder(source, self.model_type)
+        # pretrained=False: the architecture with random weights from `seed` (Imagen §4.4 asks what the
+        # pretraining is worth; a random frozen encoder keeps everything else the same).
+        self.model, self.tokenizer = load_encoder(source, self.model_type, pretrained=pretrained, seed=seed)
+        self.pretrained, self.seed = pretrained, seed
         positions = getattr(self.model.config, "max_position_embeddings", None)  # T5 has relative positions
         if positions is not None and max_length > positions:
             raise ValueError(f"max_length {max_length} exceeds encoder {name!r}'s {positions} positions")
@@ -270,8 +286,18 @@ class TextEncoder:
         return self.model.config.hidden_size
 
     def __repr__(self) -> str:
+        weights = "" if self.pretrained else f", pretrained=False, seed={self.seed}"
         return (f"TextEncoder(name={self.name!r}, dim={self.dim}, max_length={self.max_length}, "
-                f"device='{self.device}', cache={self.cache_enabled})")
+                f"device='{self.device}', cache={self.cache_enabled}{weights})")
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of the encoder's weights (every tensor of its state dict, in order, as float32 bytes): a
+        model card can record it, and a randomly initialised encoder rebuilt from its seed be checked by it."""
+        digest = hashlib.sha256()
+        for key, value in self.model.state_dict().items():
+            digest.update(key.encode())
+            digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """prompts (B strings) -> tokens [B, L, D] float32, mask [B, L] bool, on `self.device`."""
