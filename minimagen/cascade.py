@@ -30,7 +30,7 @@ from minimagen.data import TEXTURES, Shapes
 from minimagen.guidance import guided_model_fn
 from minimagen.samplers import ddim_sample
 from minimagen.schedules import NoiseSchedule, schedule_from_spec
-from minimagen.text import TextEncoder
+from minimagen.text import TEXT_MODELS, TextEncoder
 from minimagen.train import TrainConfig, Trainer
 from minimagen.unet import PRESETS, UNet
 
@@ -131,6 +131,10 @@ class SuperResolutionTrainer(Trainer):
 STAGES = {"base": (64, None, None), "sr256": (256, 64, None), "sr1024": (1024, 256, 256)}
 
 
+# Width of the tokens of a text model trained with the U-Net ("bow", "transformer"): small, as the U-Net is.
+TEXT_MODEL_WIDTH = 128
+
+
 @dataclass(frozen=True)
 class StageRecipe:
     """What ``minimagen train --stage ...`` builds for one stage of the cascade on Shapes, and records in every
@@ -142,6 +146,9 @@ class StageRecipe:
     crop: int | None = None  # SR stages: train on crops of this side (default: STAGES' crop)
     prediction: str | None = None  # default: eps for the base stage, v for SR stages (see minimagen.diffusion)
     schedule: dict = dataclasses.field(default_factory=lambda: {"kind": "cosine", "T": 1000, "max_beta": 0.2})
+    # "minilm" (frozen, pretrained: Imagen's way), "minilm-random" (the same, with random weights), "bow" or
+    # "transformer" (a text model trained with the U-Net from MiniLM's token ids: GLIDE's way), or any name
+    # TextEncoder takes (a frozen encoder)
     encoder: str = "minilm"
     max_length: int = 24
     max_aug_level: int = 250  # SR stages: augmentation levels are drawn from [0, this)
@@ -160,6 +167,11 @@ class StageRecipe:
             raise ValueError(f"--crop must be a multiple of {size // low} up to {size}, got {crop}")
 
     @property
+    def text_encoder_name(self) -> str:
+        """The TextEncoder this recipe reads captions with (the tokenizer alone for a text model of its own)."""
+        return "minilm-tokens" if self.encoder in TEXT_MODELS else self.encoder
+
+    @property
     def shapes(self) -> tuple[int, int | None, int | None]:
         """(output size, low-res input size or None, crop or None)."""
         size, low, crop = STAGES[self.stage]
@@ -174,18 +186,22 @@ class StageRecipe:
         if low is not None:
             data.update(low_size=low, crop=crop, max_aug_level=self.max_aug_level)
         return {"stage": self.stage, "schedule": dict(self.schedule),
-                "text": {"encoder": self.encoder, "max_length": self.max_length},
+                "text": {"encoder": self.text_encoder_name, "max_length": self.max_length},
                 "data": data, "size": size, "command": command}
 
     def trainer(self, config: TrainConfig, out_dir, *, device="cpu", workers: int = 0, cache_size: int = 50_000,
                 command: str = "") -> Trainer:
         """The Trainer of this recipe (a ``SuperResolutionTrainer`` for SR stages), not yet resumed."""
         size, low, crop = self.shapes
-        encoder = TextEncoder(self.encoder, max_length=self.max_length, device=device, cache_size=cache_size)
+        encoder = TextEncoder(self.text_encoder_name, max_length=self.max_length, device=device,
+                              cache_size=cache_size)
+        own = self.encoder in TEXT_MODELS  # the U-Net carries a text model, trained with it
         unet_config = dataclasses.replace(  # the preset's architecture, sized and wired for this stage
-            PRESETS[self.unet], image_size=crop or size, text_dim=encoder.dim,
+            PRESETS[self.unet], image_size=crop or size, text_dim=TEXT_MODEL_WIDTH if own else encoder.dim,
             lowres_channels=3 if low else 0, aug_level_conditioning=bool(low),
             prediction=self.prediction or ("v" if low else "eps"),
+            text_model=self.encoder if own else None, text_vocab=encoder.vocab_size if own else 0,
+            text_max_length=self.max_length if own else 0,
         )
         with torch.random.fork_rng(devices=[]):  # the initial weights, without touching the caller's global RNG
             torch.manual_seed(self.seed)
@@ -324,8 +340,13 @@ class Imagen:
                 raise ValueError(f"stage {stage.name} follows {prev.name} but takes no low-resolution input")
             if stage.size <= prev.size:
                 raise ValueError(f"stage {stage.name} ({stage.size} px) must be larger than {prev.name} ({prev.size} px)")
+        gives_ids = getattr(text_encoder, "output", "embeddings") == "ids"
         for stage in stages:
-            if stage.unet.config.text_dim != text_encoder.dim:
+            own = stage.unet.config.text_model  # a text model of its own reads token ids
+            if bool(own) != gives_ids:
+                raise ValueError(f"stage {stage.name} reads {'token ids (its ' + own + ' text model)' if own else 'encoded text'}"
+                                 f", the encoder gives {'token ids' if gives_ids else 'encoded text'}")
+            if not own and stage.unet.config.text_dim != text_encoder.dim:
                 raise ValueError(f"stage {stage.name} expects {stage.unet.config.text_dim}-dimensional text, "
                                  f"the encoder gives {text_encoder.dim}")
         self.text_encoder, self.stages = text_encoder, stages

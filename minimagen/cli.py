@@ -371,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_non_negative_int, default=0, help="threads that render each batch (0: none)")
     p.add_argument("--time-limit", type=float, default=None,
                    help="stop (with a checkpoint) after this many seconds; run the command again to continue")
-    p.add_argument("--encoder", default="minilm")
+    p.add_argument("--encoder", default="minilm",
+                   help="minilm (frozen, pretrained), minilm-random (frozen, random weights), bow or transformer "
+                        "(trained with the U-Net from token ids), or a local T5/BERT-family encoder (frozen)")
     p.add_argument("--max-length", type=_positive_int, default=24)
     p.add_argument("--cache-size", type=_positive_int, default=50_000, help="text embeddings kept in memory")
     p.add_argument("--checkpoint-every", type=_non_negative_int, default=500)

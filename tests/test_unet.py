@@ -1,11 +1,12 @@
 """Truths about the U-Net: shapes, padding invariance, the null caption, the two attention paths, SR inputs."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from minimagen.unet import UNet, UNetConfig, attention, timestep_embedding
+from minimagen.unet import PRESETS, UNet, UNetConfig, attention, timestep_embedding
 
 TEXT_DIM = 12
 
@@ -266,3 +267,20 @@ def test_summary_counts_every_parameter():
     assert total == model.num_parameters()
     parts = [int(line.split()[-1].replace(",", "")) for line in model.summary().splitlines()[:-1]]
     assert sum(parts) == total
+
+
+def test_a_unet_with_its_own_text_model_reads_token_ids():
+    cfg = dataclasses.replace(PRESETS["base-s"], image_size=32, channels=8, channel_mults=(1, 2),
+                              blocks_per_level=(1, 1), self_attention_levels=(False, False),
+                              cross_attention_levels=(False, True), text_dim=16, text_model="bow", text_vocab=100,
+                              text_max_length=8)
+    unet = UNet(cfg)
+    ids, mask = torch.randint(1, 100, (2, 8)), torch.ones(2, 8, dtype=torch.bool)
+    assert unet(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]), ids, mask).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="token ids"):
+        unet(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]), torch.randn(2, 8, 16), mask)
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg  # the card rebuilds it
+    with pytest.raises(ValueError, match="text_model must be one of"):
+        dataclasses.replace(cfg, text_model="lstm")
+    with pytest.raises(ValueError, match="needs text_vocab"):
+        dataclasses.replace(cfg, text_vocab=0)
