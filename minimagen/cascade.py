@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from minimagen import checks
 from minimagen.checkpoint import atomic_write_bytes, load_unet, save_weights
-from minimagen.data import TEXTURES, Shapes
+from minimagen.data import ALL_COLOUR_SHAPES, HELD_OUT_COLOUR_SHAPES, TEXTURES, Shapes
 from minimagen.guidance import guided_model_fn
 from minimagen.samplers import ddim_sample
 from minimagen.schedules import NoiseSchedule, schedule_from_spec
@@ -153,6 +153,9 @@ class StageRecipe:
     max_length: int = 24
     max_aug_level: int = 250  # SR stages: augmentation levels are drawn from [0, this)
     seed: int = 0  # the data's seed and the initial weights'
+    # base stage: never draw data.HELD_OUT_COLOUR_SHAPES, so that a model can be tested on compositions it
+    # never saw (lesson 12)
+    hold_out_colour_shapes: bool = False
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -163,6 +166,8 @@ class StageRecipe:
         if low is not None and self.image_size not in (None, size):
             raise ValueError(f"--image-size is fixed at {size} for --stage {self.stage} (use --crop to train on windows)")
         crop = self.shapes[2]
+        if low is not None and self.hold_out_colour_shapes:
+            raise ValueError("--hold-out-colour-shapes is for the base stage (the SR stages draw what they are given)")
         if low is not None and crop is not None and (crop > size or crop % (size // low)):
             raise ValueError(f"--crop must be a multiple of {size // low} up to {size}, got {crop}")
 
@@ -183,6 +188,8 @@ class StageRecipe:
         """What the run's checkpoints record besides the model and training configs."""
         size, low, crop = self.shapes
         data = {"dataset": "Shapes", "size": size, "seed": self.seed, "max_objects": 2}
+        if self.hold_out_colour_shapes:
+            data["held_out_colour_shapes"] = sorted(map(list, HELD_OUT_COLOUR_SHAPES))
         if low is not None:
             data.update(low_size=low, crop=crop, max_aug_level=self.max_aug_level)
         return {"stage": self.stage, "schedule": dict(self.schedule),
@@ -207,7 +214,8 @@ class StageRecipe:
             torch.manual_seed(self.seed)
             model = UNet(unet_config)
         if low is None:
-            data, trainer_class = Shapes(size=size, length=10_000_000, seed=self.seed), Trainer
+            pairs = ALL_COLOUR_SHAPES - HELD_OUT_COLOUR_SHAPES if self.hold_out_colour_shapes else None
+            data, trainer_class = Shapes(size=size, length=10_000_000, seed=self.seed, colour_shapes=pairs), Trainer
         else:
             data = SuperResolutionPairs(low_size=low, high_size=size, crop=crop, length=10_000_000, seed=self.seed)
             trainer_class = SuperResolutionTrainer

@@ -375,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minilm (frozen, pretrained), minilm-random (frozen, random weights), bow or transformer "
                         "(trained with the U-Net from token ids), or a local T5/BERT-family encoder (frozen)")
     p.add_argument("--max-length", type=_positive_int, default=24)
+    p.add_argument("--hold-out-colour-shapes", action="store_true",
+                   help="base stage: never draw the colour-shape pairs of data.HELD_OUT_COLOUR_SHAPES (lesson 12)")
     p.add_argument("--cache-size", type=_positive_int, default=50_000, help="text embeddings kept in memory")
     p.add_argument("--checkpoint-every", type=_non_negative_int, default=500)
     p.add_argument("--sample-every", type=_non_negative_int, default=1000, help="sample grids to OUT/samples (0: never)")

@@ -175,6 +175,24 @@ def test_train_with_each_encoder_then_load_and_sample(tmp_path, tiny_preset, enc
     assert x.shape == (1, 3, 64, 64)
 
 
+def test_train_can_hold_colour_shape_pairs_out(tmp_path, tiny_preset):
+    from minimagen.cascade import StageRecipe
+    from minimagen.data import HELD_OUT_COLOUR_SHAPES
+    from minimagen.train import TrainConfig
+
+    run, model = tmp_path / "base", tmp_path / "base64.safetensors"
+    assert cli.main(["train", "--out", str(run), "--unet", "tiny", "--steps", "1", "--batch-size", "2",
+                     "--hold-out-colour-shapes", "--sample-every", "0", "--quiet", "--threads", "1"]) == 0
+    cli.main(["export", str(run), str(model)])
+    card = json.loads(model.with_suffix(".json").read_text())
+    assert {tuple(p) for p in card["data"]["held_out_colour_shapes"]} == HELD_OUT_COLOUR_SHAPES
+    trainer = StageRecipe(unet="tiny", hold_out_colour_shapes=True).trainer(TrainConfig(steps=1), tmp_path / "r")
+    drawn = {(o.colour, o.shape) for i in range(500) for o in trainer.dataset.scene(i).objects}
+    assert drawn and not drawn & HELD_OUT_COLOUR_SHAPES
+    assert cli.main(["train", "--stage", "sr256", "--hold-out-colour-shapes", "--out", str(tmp_path / "sr"),
+                     "--quiet"]) == 2
+
+
 def test_eval_thresholding_writes_csv_and_figure(tmp_path, tiny_preset):
     from minimagen.evaluate import read_csv
 
