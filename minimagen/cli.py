@@ -27,6 +27,7 @@ from minimagen import grading
 from minimagen.cascade import STAGES, Imagen, StageRecipe
 from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
+from minimagen.encoders import PROMPT_SETS, measure_model, plot_encoders, prompt_set, summarize, write_rows
 from minimagen.evaluate import (
     base_imagen, card_record, per_image_path, plot_steps, plot_sweep, read_csv, sr_quality, steps_sweep, threshold_sweep,
     write_csv,
@@ -235,6 +236,41 @@ def evaluate_sr(args: argparse.Namespace) -> None:
     print(f"eval sr: wrote {out}")
 
 
+def _encoder_model(text: str) -> tuple[str, str]:
+    """``--model NAME=PATH``: an encoder's name (repeated for its training seeds) and a base model's weights."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH (e.g. bow=runs/bow-s0.safetensors), got {text!r}")
+    return name, path
+
+
+def evaluate_encoders(args: argparse.Namespace) -> None:
+    """``eval encoders``: base models that differ in their text encoder, on the prompt sets of
+    ``encoders.PROMPT_SETS``, with an interval over each encoder's training seeds (Imagen §4.4)."""
+    for _, path in args.model:
+        if not pathlib.Path(path).is_file():
+            raise ValueError(f"--model {path!r}: no such weights file")
+    probe = load_probe(args.probe)
+    sets = [prompt_set(name, args.n) for name in args.sets]
+    rows = []
+    for name, path in args.model:
+        rows += measure_model(path, name, probe, sets, guidance=args.guidance, steps=args.steps, eta=args.eta,
+                              threshold=args.threshold, seed=args.seed, batch_size=args.batch_size,
+                              precision=args.precision, device=args.device)
+        for r in rows[-len(sets):]:
+            print(f"{name:14s} {r.prompt_set:13s} alignment {r.alignment:.3f} ± {r.alignment_se:.3f}  colour&shape "
+                  f"{r.colour_and_shape:.3f} ± {r.colour_and_shape_se:.3f}  ({path})")
+    out = pathlib.Path(args.out)
+    write_rows(rows, out, comment=f"{args.command_line}\n{args.n} prompts per set, w = {args.guidance:g}, {args.steps} "
+                                  f"steps, eta {args.eta:g}, {args.threshold} thresholding, {args.precision}")
+    figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
+    plot_encoders(rows, title=f"{args.n} prompts per set, w = {args.guidance:g}").savefig(figure, dpi=120)
+    for r in summarize(rows):
+        print(f"{r['encoder']:14s} {r['prompt_set']:13s} alignment {r['alignment']:.3f} ± {r['ci95']:.3f} "
+              f"(95% CI over {r['seeds']} seeds)")
+    print(f"eval encoders: wrote {out} and {figure}")
+
+
 def exercises(args: argparse.Namespace) -> int:
     """``exercises student OUT_DIR``: write the student versions; ``exercises grade PATH...``: grade submissions
     (exit status 1 unless every check passed)."""
@@ -398,6 +434,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", type=_threshold, default=["static", "dynamic"])
     p.add_argument("--guidance", type=_non_negative_float, default=3.0)
     p.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM rows")
+    p = _command(evals, "encoders", evaluate_encoders, "base models that differ in their text encoder, on held-out, "
+                 "compositional and paraphrased prompts (Imagen §4.4)")
+    p.add_argument("--model", type=_encoder_model, nargs="+", required=True, metavar="NAME=PATH",
+                   help="an encoder's name and a base model trained with it; repeat a name for its other seeds")
+    p.add_argument("--probe", default=str(SHIPPED_DIR / "probe.safetensors"), help="default: the shipped probe")
+    p.add_argument("--sets", nargs="+", choices=PROMPT_SETS, default=list(PROMPT_SETS))
+    p.add_argument("--n", type=_positive_int, default=128, help="prompts per set")
+    p.add_argument("--guidance", type=_non_negative_float, default=3.0)
+    p.add_argument("--steps", type=_positive_int, default=25)
+    p.add_argument("--eta", type=_non_negative_float, default=1.0, help="1: ancestral; 0: DDIM")
+    p.add_argument("--threshold", choices=THRESHOLDS, default="static")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--out", default="data/results/encoders.csv")
+    p.add_argument("--figure", default=None, help="PNG (default: the CSV's name with .png)")
+    _add_precision(p)
     p = _command(evals, "sr", evaluate_sr, "one SR stage on real low-res renders: sharpness and consistency vs bicubic")
     p.add_argument("--models", default=None, help="folder with imagen.json (default: the shipped cascade)")
     p.add_argument("--stage", default="sr256", help="the SR stage to measure, e.g. sr256 or sr1024")

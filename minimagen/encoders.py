@@ -1,0 +1,168 @@
+"""Imagen's text-encoder finding at toy scale (Imagen §4.4; lesson 12): does a frozen pretrained language
+model make a better text encoder than one trained from scratch, and where?
+
+Shapes captions are exact, so the probe can score an image against what its caption *means*. Four
+prompt sets ask different things of the encoder:
+
+* ``held-out``: captions of held-out scenes in the training grammar, what every encoder saw the like of;
+* ``compositions``: scenes whose objects all have a colour-shape pair held out of training
+  (``data.HELD_OUT_COLOUR_SHAPES``; for models trained with ``--hold-out-colour-shapes``);
+* ``synonyms``: held-out scenes said in words the captions never use (``data.paraphrase``);
+* ``reordered``: the caption's own words in another order.
+
+Each model is sampled on each set and scored against the scenes; several training seeds per encoder
+give a confidence interval over seeds (``summarize``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import pathlib
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from minimagen import checks
+from minimagen.cascade import upsample
+from minimagen.checkpoint import atomic_write_bytes
+from minimagen.data import HELD_OUT_COLOUR_SHAPES, HELD_OUT_SEED, Shapes, caption, paraphrase, render
+from minimagen.evaluate import base_imagen, measure, sample_in_batches
+from minimagen.metrics import AttributeProbe
+
+PROMPT_SETS = ("held-out", "compositions", "synonyms", "reordered")
+PROBE_SIZE = 64  # the probe reads 64 px images; a smaller model's samples are upsampled to it
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSet:
+    """What a model is asked (``prompts``) and what its images are scored against (``captions``, in the
+    training grammar, with the ``real`` 64 px renders of the same scenes)."""
+
+    name: str
+    prompts: list[str]
+    captions: list[str]
+    real: Tensor  # [n, 3, 64, 64]
+
+
+def prompt_set(name: str, n: int, seed: int = HELD_OUT_SEED) -> PromptSet:
+    """``n`` held-out scenes for one of ``PROMPT_SETS`` (the same scenes for held-out, synonyms and reordered)."""
+    checks.choice("name", name, PROMPT_SETS)
+    checks.integer("n", n, note="number of prompts")
+    pairs = HELD_OUT_COLOUR_SHAPES if name == "compositions" else None
+    scenes = Shapes(PROBE_SIZE, length=n, seed=seed, colour_shapes=pairs)
+    scene_list = [scenes.scene(i) for i in range(n)]
+    captions = [caption(s) for s in scene_list]
+    if name in ("synonyms", "reordered"):
+        rng = np.random.default_rng([seed, PROMPT_SETS.index(name)])  # which synonym: fixed per set
+        prompts = [paraphrase(s, name, rng) for s in scene_list]
+    else:
+        prompts = list(captions)
+    real = torch.stack([render(s, PROBE_SIZE) for s in scene_list])
+    return PromptSet(name, prompts, captions, real)
+
+
+@dataclasses.dataclass
+class EncoderRow:
+    """One model (an encoder and a training seed) on one prompt set."""
+
+    encoder: str
+    model: str  # the weights file
+    prompt_set: str
+    n: int
+    alignment: float
+    alignment_se: float
+    colour_and_shape: float
+    colour_and_shape_se: float
+    frechet: float
+
+
+def measure_model(path: str | pathlib.Path, encoder: str, probe: AttributeProbe, sets: Sequence[PromptSet], *,
+                  guidance: float = 3.0, steps: int = 25, eta: float = 1.0, threshold: str = "static", seed: int = 0,
+                  batch_size: int = 64, precision: str = "fp32", device: str = "cpu") -> list[EncoderRow]:
+    """One row per prompt set for the base model in ``path`` (its card names its text encoder); every model
+    starts from the same noise for the same set."""
+    imagen = base_imagen(path, device=device)
+    rows = []
+    for ps in sets:
+        images = sample_in_batches(imagen, ps.prompts, guidance=guidance, threshold=threshold, steps=steps, seed=seed,
+                                   batch_size=batch_size, device=device, eta=eta, precision=precision)
+        if images.shape[-1] != PROBE_SIZE:
+            images = upsample(images, PROBE_SIZE)
+        m = measure(probe, images, ps.captions, ps.real, guidance=guidance, threshold=threshold, steps=steps)
+        rows.append(EncoderRow(encoder, str(path), ps.name, len(ps.prompts), m.alignment, m.alignment_se,
+                               m.colour_and_shape, m.colour_and_shape_se, m.frechet))
+    return rows
+
+
+# Two-sided 95% quantiles of Student's t for 1 to 10 degrees of freedom (an interval over a few seeds).
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def summarize(rows: Sequence[EncoderRow], value: str = "alignment") -> list[dict]:
+    """Per (encoder, prompt set): the mean of ``value`` over the encoder's models (training seeds) and a 95%
+    confidence interval over them (Student's t; NaN with one seed), in order of appearance."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r.encoder, r.prompt_set), []).append(getattr(r, value))
+    out = []
+    for (encoder, name), values in groups.items():
+        k = len(values)
+        mean = sum(values) / k
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1)) if k > 1 else float("nan")
+        half = _T95[min(k - 1, len(_T95)) - 1] * sd / math.sqrt(k) if k > 1 else float("nan")
+        out.append({"encoder": encoder, "prompt_set": name, "seeds": k, value: mean, "ci95": half})
+    return out
+
+
+_FIELDS = [f.name for f in dataclasses.fields(EncoderRow)]
+
+
+def write_rows(rows: Sequence[EncoderRow], path: str | pathlib.Path, comment: str | None = None) -> pathlib.Path:
+    """Rows as CSV, after ``# comment`` lines (e.g. the command that made them)."""
+    buffer = io.StringIO()
+    for line in (comment or "").splitlines():
+        buffer.write(f"# {line}\n")
+    writer = csv.DictWriter(buffer, fieldnames=_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in dataclasses.asdict(r).items()})
+    atomic_write_bytes(path, buffer.getvalue().encode())
+    return pathlib.Path(path)
+
+
+def read_rows(path: str | pathlib.Path) -> list[EncoderRow]:
+    """Rows written by ``write_rows``."""
+    lines = [line for line in pathlib.Path(path).read_text().splitlines() if not line.startswith("#")]
+    types = {f.name: f.type for f in dataclasses.fields(EncoderRow)}
+    return [EncoderRow(**{k: int(v) if types[k] == "int" else float(v) if types[k] == "float" else v
+                          for k, v in record.items()}) for record in csv.DictReader(lines)]
+
+
+def plot_encoders(rows: Sequence[EncoderRow], title: str | None = None):
+    """Alignment per prompt set, one bar per encoder with its 95% interval over seeds. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    table = summarize(rows)
+    encoders = list(dict.fromkeys(r["encoder"] for r in table))
+    sets = list(dict.fromkeys(r["prompt_set"] for r in table))
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(sets), 3.6))
+    width = 0.8 / len(encoders)
+    for i, encoder in enumerate(encoders):
+        mine = {r["prompt_set"]: r for r in table if r["encoder"] == encoder}
+        xs = [j + (i - (len(encoders) - 1) / 2) * width for j in range(len(sets))]
+        ax.bar(xs, [mine[s]["alignment"] for s in sets], width,
+               yerr=[0 if math.isnan(mine[s]["ci95"]) else mine[s]["ci95"] for s in sets], capsize=3, label=encoder)
+    ax.set_xticks(range(len(sets)), sets)
+    ax.set_xlabel("prompt set")
+    ax.set_ylabel("alignment (probe), mean over seeds ± 95% CI")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

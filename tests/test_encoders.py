@@ -1,0 +1,66 @@
+"""Imagen's encoder comparison: prompt sets that mean what they say, intervals over seeds, the command."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from minimagen import cli, encoders
+from minimagen.data import HELD_OUT_COLOUR_SHAPES, parse_caption
+
+
+def test_prompt_sets_ask_in_other_words_and_score_against_the_meaning():
+    held = encoders.prompt_set("held-out", 6)
+    assert held.prompts == held.captions and held.real.shape == (6, 3, 64, 64)
+    for name in ("synonyms", "reordered"):
+        ps = encoders.prompt_set(name, 6)
+        assert ps.captions == held.captions and torch.equal(ps.real, held.real)  # the same scenes ...
+        assert all(p != c for p, c in zip(ps.prompts, ps.captions))  # ... asked for in other words
+        assert ps.prompts == encoders.prompt_set(name, 6).prompts  # deterministic
+    compositions = encoders.prompt_set("compositions", 20)
+    pairs = {(o.colour, o.shape) for c in compositions.captions for o in parse_caption(c).objects}
+    assert pairs <= HELD_OUT_COLOUR_SHAPES
+    with pytest.raises(ValueError, match="name must be"):
+        encoders.prompt_set("poems", 4)
+
+
+def test_summarize_gives_a_t_interval_over_seeds():
+    def row(encoder, value):
+        return encoders.EncoderRow(encoder, "m", "held-out", 8, value, 0.01, value, 0.01, 1.0)
+
+    rows = [row("bow", 0.5), row("bow", 0.7), row("bow", 0.6), row("minilm", 0.9)]
+    bow, minilm = encoders.summarize(rows)
+    assert bow["seeds"] == 3 and bow["alignment"] == pytest.approx(0.6)
+    assert bow["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))  # sd 0.1, t(2) = 4.303
+    assert minilm["seeds"] == 1 and math.isnan(minilm["ci95"])
+
+
+def test_eval_encoders_measures_each_model_on_each_set(tmp_path, monkeypatch):
+    import dataclasses
+
+    from minimagen.unet import PRESETS
+
+    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(
+        PRESETS["base-s"], channels=8, channel_mults=(1, 2), blocks_per_level=(1, 1),
+        self_attention_levels=(False, False), cross_attention_levels=(False, True)))
+    models = []
+    for encoder, seed in [("minilm", 0), ("bow", 0), ("bow", 1)]:
+        run, model = tmp_path / f"{encoder}{seed}", tmp_path / f"{encoder}{seed}.safetensors"
+        cli.main(["train", "--out", str(run), "--unet", "tiny", "--steps", "1", "--batch-size", "2", "--encoder",
+                  encoder, "--seed", str(seed), "--sample-every", "0", "--quiet", "--threads", "1"])
+        cli.main(["export", str(run), str(model)])
+        models.append(f"{encoder}={model}")
+    out = tmp_path / "encoders.csv"
+    assert cli.main(["eval", "encoders", "--model", *models, "--n", "3", "--steps", "2", "--sets", "held-out",
+                     "synonyms", "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    rows = encoders.read_rows(out)
+    assert [(r.encoder, r.prompt_set) for r in rows] == [
+        ("minilm", "held-out"), ("minilm", "synonyms"), ("bow", "held-out"), ("bow", "synonyms"),
+        ("bow", "held-out"), ("bow", "synonyms")]
+    assert all(0 <= r.alignment <= 1 and r.n == 3 for r in rows)
+    assert out.read_text().startswith("# minimagen eval encoders") and out.with_suffix(".png").is_file()
+    with pytest.raises(SystemExit) as exit_info:  # NAME=PATH expected: argparse's one line
+        cli.main(["eval", "encoders", "--model", "bow", "--quiet"])
+    assert exit_info.value.code == 2
+    assert cli.main(["eval", "encoders", "--model", f"bow={tmp_path / 'nope.safetensors'}", "--quiet"]) == 2
