@@ -1,7 +1,7 @@
 """How long does text -> 64 -> 256 -> 1024 take on this machine? Per stage, with the shipped stage sizes.
 
 Times one prompt through each stage of the shipped cascade (data/checkpoints) at the default sampling
-settings of `minimagen sample` (DDIM steps per stage, classifier-free guidance on the base stage only, so
+settings of `minimagen sample` (25 steps per stage, ancestral for the base; guidance on the base stage only, so
 only the base runs a doubled batch; static thresholding). `--random-weights` builds the stages from the
 U-Net presets instead (speed does not depend on the weights), to size other presets. Compares the total with the goal of
 issue 5 (at most 3 minutes for one prompt on the 2-core CPU) and each SR forward pass with DESIGN.md's
@@ -67,7 +67,9 @@ def main() -> None:
     parser.add_argument("--base", default="base-s")
     parser.add_argument("--sr256", default="sr-s")
     parser.add_argument("--sr1024", default="sr-xs")
-    parser.add_argument("--steps", type=int, nargs=3, default=[50, 25, 25], help="DDIM steps per stage")
+    parser.add_argument("--steps", type=int, nargs=3, default=[25, 25, 25], help="steps per stage (minimagen sample's)")
+    parser.add_argument("--eta", type=float, nargs=3, default=[1.0, 0.0, 0.0],
+                        help="DDIM's noise level per stage (minimagen sample's: ancestral base, deterministic SR)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                         help="as `minimagen sample --precision`")
     parser.add_argument("--threads", type=int, default=0)
@@ -98,7 +100,7 @@ def main() -> None:
         # Run the cascade up to stage k, subtracting the stages before it (measured in earlier rounds).
         start = time.perf_counter()
         images = imagen.sample(["a small red striped circle on the left"], guidance=(3.0, 1.0, 1.0),
-                               steps=args.steps, stages=k + 1, threshold="static", progress=False,
+                               steps=args.steps, eta=args.eta, stages=k + 1, threshold="static", progress=False,
                                precision=args.precision)
         elapsed = time.perf_counter() - start - total
         total += elapsed
