@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 import shlex
 import sys
@@ -179,6 +180,13 @@ def reader(args: argparse.Namespace) -> None:
     print(f"{args.command}: wrote {args.out}")
 
 
+def _shown(path: str) -> str:
+    """A path as a record shows it: relative to the working folder when inside it (the shipped defaults are
+    absolute, so that they work from anywhere)."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def evaluate_sweep(args: argparse.Namespace) -> None:
     """``eval thresholding`` (guidance weight x thresholding mode, Imagen Fig. A.9) or ``eval steps`` (1000-step
     DDPM against DDIM with fewer steps, lesson 08), measured by the probe: a CSV (with the command) + figure.
@@ -208,7 +216,7 @@ def evaluate_sweep(args: argparse.Namespace) -> None:
                            ancestral_counts=args.ancestral_steps, **common)
         plot, setting = plot_steps, f"guidance w = {args.guidance:g}"
     wall = sum(r.seconds_per_image * r.n for r in rows)  # sampling time, over every run that made a row
-    comment = (f"{args.command_line}\nmodel {args.model}, probe {args.probe}, {args.n} held-out prompts per row "
+    comment = (f"{args.command_line}\nmodel {_shown(args.model)}, probe {_shown(args.probe)}, {args.n} held-out prompts per row "
                f"(1 to {args.max_objects} objects), {setting}, {args.precision}, {wall:.0f} s of sampling on "
                f"{args.device} ({torch.get_num_threads()} threads)")
     write_csv(rows, out, comment=comment)  # and the per-image values, to per_image_path(out)
