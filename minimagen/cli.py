@@ -384,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DDIM's noise level per stage, or one for all: 0 deterministic, 1 ancestral (default: 1 for "
                         "the base stage, 0 for the SR stages)")
     p.add_argument("--threshold", choices=THRESHOLDS, default="static",
-                   help="static beats dynamic with the shipped base model (data/results/thresholding.csv)")
+                   help="static: on the shipped base model static and none agree at every guidance weight, and "
+                        "dynamic falls behind from w = 4 (data/results/thresholding*.csv)")
     p.add_argument("--aug-level", type=_non_negative_int, default=50, help="noise augmentation of the SR stages' inputs")
     _add_precision(p)
 
