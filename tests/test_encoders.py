@@ -48,7 +48,8 @@ def test_eval_encoders_measures_each_model_on_each_set(tmp_path, monkeypatch):
     for encoder, seed in [("minilm", 0), ("bow", 0), ("bow", 1)]:
         run, model = tmp_path / f"{encoder}{seed}", tmp_path / f"{encoder}{seed}.safetensors"
         cli.main(["train", "--out", str(run), "--unet", "tiny", "--steps", "1", "--batch-size", "2", "--encoder",
-                  encoder, "--seed", str(seed), "--sample-every", "0", "--quiet", "--threads", "1"])
+                  encoder, "--seed", str(seed), "--max-length", "40", "--sample-every", "0", "--quiet", "--threads",
+                  "1"])  # 40 tokens: the synonym prompts reach 34
         cli.main(["export", str(run), str(model)])
         models.append(f"{encoder}={model}")
     out = tmp_path / "encoders.csv"
