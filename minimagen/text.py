@@ -189,7 +189,7 @@ def load_encoder(source: str, model_type: str, pretrained: bool = True, seed: in
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
         with torch.random.fork_rng(devices=[]):  # the weights depend on seed alone, not on the global RNG
             torch.manual_seed(seed)
-            model = (model_class if model_type in T5_FAMILY else transformers.AutoModel).from_config(config)
+            model = model_class.from_config(config)
         return model, transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
     with _no_progress_bar():
         try:
