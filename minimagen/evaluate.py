@@ -486,10 +486,20 @@ def _mode_colours(rows: Sequence[Measurement]) -> dict[str, str]:
     return colours
 
 
-def plot_sweep(rows: Sequence[Measurement], title: str | None = None):
+def plot_sweep(rows: Sequence[Measurement], title: str | None = None, log_frechet: bool | None = None):
     """Imagen Fig. A.9 on Shapes: alignment against Fréchet distance per thresholding mode (one point per
-    guidance weight, labelled), and saturation against the guidance weight. Returns the figure."""
+    guidance weight, labelled), and saturation against the guidance weight. Returns the figure.
+
+    ``log_frechet`` draws the Fréchet distance on a logarithmic axis; None (the default) does so when the
+    distances span more than a factor of 10, as when one mode collapses while the others stay close.
+    """
     import matplotlib.pyplot as plt
+
+    if log_frechet is not None and not isinstance(log_frechet, bool):
+        raise TypeError(f"log_frechet must be True, False or None, got {log_frechet!r}")
+    distances = [r.frechet for r in rows if r.frechet > 0]
+    if log_frechet is None:
+        log_frechet = bool(distances) and max(distances) > 10 * min(distances)
 
     fig, (pareto, sat) = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = _mode_colours(rows)
@@ -504,7 +514,10 @@ def plot_sweep(rows: Sequence[Measurement], title: str | None = None):
                             textcoords="offset points", color=colours[mode])
         sat.plot([r.guidance for r in mine], [100 * r.saturation for r in mine], marker="o", ms=4,
                  color=colours[mode], label=f"{mode} thresholding")
-    pareto.set_xlabel("Fréchet distance to real renders (probe features; lower is better)")
+    pareto.set_xlabel("Fréchet distance to real renders (probe features; lower is better"
+                      + ("; log scale)" if log_frechet else ")"))
+    if log_frechet:
+        pareto.set_xscale("log")
     pareto.set_ylabel("alignment (fraction of caption attributes read back)")
     pareto.set_title("alignment vs fidelity; labels: guidance weight w")
     pareto.legend(fontsize=8)

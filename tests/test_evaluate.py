@@ -126,6 +126,13 @@ def test_threshold_sweep_rows_and_csv_round_trip(tmp_path, tiny_base):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a log axis would warn "no positive values" and drop the points
         evaluate.plot_sweep(unsaturated).canvas.draw()
+    spread = [dataclasses.replace(r, frechet=fd) for r, fd in zip(rows, [20.0, 25.0, 30.0, 3000.0])]
+    assert evaluate.plot_sweep(spread).axes[0].get_xscale() == "log"  # one collapsed mode: log by default
+    assert evaluate.plot_sweep(spread, log_frechet=False).axes[0].get_xscale() == "linear"
+    close = [dataclasses.replace(r, frechet=fd) for r, fd in zip(rows, [20.0, 25.0, 30.0, 40.0])]
+    assert evaluate.plot_sweep(close).axes[0].get_xscale() == "linear"
+    with pytest.raises(TypeError, match="log_frechet"):
+        evaluate.plot_sweep(rows, log_frechet="yes")
 
 
 def test_rows_keep_per_image_values_so_a_prompt_subset_compares_prompt_by_prompt(tmp_path, tiny_base):
