@@ -370,8 +370,8 @@ class Imagen:
         ``guidance`` and ``steps`` (DDIM steps) are per stage, or one value for all (default: w = 3 and 50
         steps for the base stage, w = 1 and 25 steps for each SR stage). ``threshold`` defaults to Imagen's
         "dynamic"; with the shipped base model "static" matches no thresholding and beats "dynamic" from w = 3
-        up (a lower Fréchet distance; dynamic collapses from w = 5-6; data/results/thresholding*.csv), so
-        ``minimagen sample`` uses it. The SR stages' x0
+        up (a lower Fréchet distance; dynamic collapses from w = 5 ancestral, w = 8 DDIM;
+        data/results/thresholding*.csv), so ``minimagen sample`` uses it. The SR stages' x0
         predictions stay inside [-1, 1], so neither mode changes them. ``aug_level`` is the
         noise-augmentation timestep applied to each SR stage's input; ``seed`` makes the run repeatable.
         ``stages=k`` runs only the first k stages. ``clamp=False`` returns the last stage unclamped
