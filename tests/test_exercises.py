@@ -294,12 +294,81 @@ def test_a_hint_never_shows_reference_code():
 
 def test_sampler_settings_are_checked_before_any_sampling():
     # Bad settings fail at once with a hint naming the field (no model is needed to find out).
-    with pytest.raises(E.ExerciseFailed, match="steps must be an int from 1 to 25"):
-        E.check_sampler_settings(lambda: {"guidance": 3.0, "threshold": "static", "steps": 50, "eta": 0.0}, None, None)
+    with pytest.raises(E.ExerciseFailed, match="steps must be an int from 1 to 3"):
+        E.check_sampler_settings(lambda: {"guidance": 3.0, "threshold": "static", "steps": 25, "eta": 0.0}, None, None)
     with pytest.raises(E.ExerciseFailed, match="missing"):
         E.check_sampler_settings(lambda: {"guidance": 3.0}, None, None)
     with pytest.raises(E.ExerciseFailed, match="threshold must be"):
-        E.check_sampler_settings(lambda: {"guidance": 3.0, "threshold": "clip", "steps": 25, "eta": 0.0}, None, None)
+        E.check_sampler_settings(lambda: {"guidance": 3.0, "threshold": "clip", "steps": 3, "eta": 0.0}, None, None)
+    for bad, hint in [({"guidance": float("inf"), "threshold": "static", "steps": 3, "eta": 0.0}, "finite number"),
+                      ({"guidance": 1.0, "threshold": "static", "steps": True, "eta": 0.0}, "steps must be an int"),
+                      ({"guidance": 1.0, "threshold": "static", "steps": 3, "eta": 1.5}, "eta must be"),
+                      ({"guidance": 1.0, "threshold": "dynamic:max_s=2", "steps": 3, "eta": 0.0}, "three named"),
+                      ([1.0, "static", 3, 0.0], "return a dict")]:
+        with pytest.raises(E.ExerciseFailed, match=hint):
+            E.check_sampler_settings(lambda bad=bad: bad, None, None)
+
+    def stub():
+        raise NotImplementedError
+
+    with pytest.raises(E.ExerciseFailed, match="not written yet"):
+        E.check_sampler_settings(stub, None, None)
+    with pytest.raises(E.ExerciseFailed, match="n must be an int >= 32"):
+        E.check_sampler_settings(lambda: dict(E.DEFAULT_SAMPLER, steps=3), None, None, n=16)
+    # The instructor's arguments are validated before the student's settings.
+    for kwargs, hint in [({"tolerance": float("nan")}, "tolerance"), ({"tolerance": -0.01}, "tolerance"),
+                         ({"grain_tolerance": 1.0}, "grain_tolerance"), ({"max_steps": 0}, "max_steps")]:
+        with pytest.raises(ValueError, match=hint):
+            E.check_sampler_settings(stub, None, None, **kwargs)
+    assert E.sampler_settings(lambda: {"guidance": 1, "threshold": "static", "steps": 3, "eta": 0}) == {
+        "guidance": 1.0, "threshold": "static", "steps": 3, "eta": 0.0}
+
+
+def test_sampler_check_samples_both_settings_on_the_same_prompts_and_noise(monkeypatch):
+    calls = []
+
+    def fake_sample(imagen, captions, *, guidance, threshold, steps, eta, seed, precision):
+        calls.append((tuple(captions), guidance, threshold, steps, eta, seed))
+        return torch.full((len(captions), 3, 8, 8), 0.01 * steps)  # the reference (25 steps) first
+
+    monkeypatch.setattr(E, "sample_in_batches", fake_sample)
+    monkeypatch.setattr(E, "alignment", lambda probe, images, captions: torch.full((len(captions),), 0.9))
+    grain = {25: 1.0, 3: 1.0, 2: 1.3}  # by the number of steps, read back from the fake images
+    monkeypatch.setattr(E, "sharpness",
+                        lambda images: torch.full((len(images),), grain[round(images[0, 0, 0, 0].item() * 100)]))
+    result = E.check_sampler_settings(lambda: {"guidance": 1.0, "threshold": "static", "steps": 3, "eta": 0.0},
+                                      None, None, n=32, seed=7)
+    assert "grain 1.00x" in str(result) and "ruled out" in str(result)
+    (ref_captions, *reference), (captions, *chosen) = calls
+    assert ref_captions == captions and len(captions) == 32
+    assert reference == [3.0, "static", 25, 0.0, 7] and chosen == [1.0, "static", 3, 0.0, 7]
+    with pytest.raises(E.ExerciseFailed, match=r"1\.30x the reference's high-frequency energy"):
+        E.check_sampler_settings(lambda: {"guidance": 1.0, "threshold": "static", "steps": 2, "eta": 0.0}, None, None)
+
+
+def test_sampler_comparison_passes_a_match_and_names_each_failure():
+    ref = torch.full((64,), 0.98)
+    same = E.SamplerComparison.of(ref, ref.clone(), torch.full((64,), 0.03), torch.full((64,), 0.03))
+    assert (same.gain, same.gain_se, same.grain_ratio) == (0.0, 0.0, 1.0) and same.failures(0.02, 0.15) == []
+    # A loss of 0.01 on average, but one prompt in four loses 0.04: the interval still excludes -0.02 ...
+    scores = ref - torch.tensor([0.04, 0.0, 0.0, 0.0]).repeat(16)
+    small_loss = E.SamplerComparison.of(ref, scores, torch.ones(64), torch.ones(64))
+    assert small_loss.gain == pytest.approx(-0.01) and small_loss.failures(0.02, 0.15) == []
+    # ... but not a tolerance of 0.01; and grain 1.5x the reference's fails whatever the alignment.
+    assert "not ruled out" in small_loss.failures(0.01, 0.15)[0]
+    grainy = E.SamplerComparison.of(ref, ref.clone(), torch.ones(64), torch.full((64,), 1.5))
+    [problem] = grainy.failures(0.02, 0.15)
+    assert "1.50x the reference's high-frequency energy" in problem
+    smooth = E.SamplerComparison.of(ref, ref.clone(), torch.ones(64), torch.full((64,), 0.8))
+    [problem] = smooth.failures(0.02, 0.15)  # too smooth is as far from the reference as too grainy
+    assert "smoother" in problem
+    # On the boundaries the tests pass; a NaN (a broken sampler) fails both instead of slipping through.
+    assert E.SamplerComparison(-0.01, 0.005, 1.15).failures(0.02, 0.15) == []
+    assert len(E.SamplerComparison(float("nan"), float("nan"), float("nan")).failures(0.02, 0.15)) == 2
+    with pytest.raises(ValueError, match="same n >= 2"):
+        E.SamplerComparison.of(ref[:1], ref[:1], torch.ones(1), torch.ones(1))
+    with pytest.raises(ValueError, match="grain must be positive"):
+        E.SamplerComparison.of(ref, ref, torch.zeros(64), torch.ones(64))
 
 
 def test_solution_markers_are_balanced_in_every_exercise():
