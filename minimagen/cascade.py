@@ -114,9 +114,9 @@ class SuperResolutionTrainer(Trainer):
     def model_inputs(self, items: list[tuple], size: int) -> dict[str, Tensor]:
         lowres = torch.stack([item[1] for item in items]).to(self.device)  # (B, 3, h, w)
         b = lowres.shape[0]
-        aug_level = torch.randint(self.config.max_aug_level, (b,), generator=self.generator).to(self.device)
-        aug_noise = torch.randn((b, 3, size, size), generator=self.generator).to(self.device)
-        return sr_inputs(lowres, size, aug_level, self.schedule, aug_noise)
+        aug_level = self.draw(b, lambda n: torch.randint(self.config.max_aug_level, (n,), generator=self.generator))
+        aug_noise = self.draw(b, lambda n: torch.randn((n, 3, size, size), generator=self.generator))
+        return sr_inputs(lowres, size, aug_level.to(self.device), self.schedule, aug_noise.to(self.device))
 
     def sample_inputs(self, n: int, size: int, seed: int, aug_level: int) -> dict[str, Tensor]:
         lowres = torch.stack([self.dataset[i][1] for i in range(n)]).to(self.device)
@@ -197,8 +197,10 @@ class StageRecipe:
                 "data": data, "size": size, "command": command}
 
     def trainer(self, config: TrainConfig, out_dir, *, device="cpu", workers: int = 0, cache_size: int = 50_000,
-                command: str = "") -> Trainer:
-        """The Trainer of this recipe (a ``SuperResolutionTrainer`` for SR stages), not yet resumed."""
+                command: str = "", parallel=None) -> Trainer:
+        """The Trainer of this recipe (a ``SuperResolutionTrainer`` for SR stages), not yet resumed.
+
+        ``parallel`` shares its steps between processes (``minimagen.distributed.Ranks``; see ``Trainer``)."""
         size, low, crop = self.shapes
         encoder = TextEncoder(self.text_encoder_name, max_length=self.max_length, device=device,
                               cache_size=cache_size)
@@ -220,7 +222,7 @@ class StageRecipe:
             data = SuperResolutionPairs(low_size=low, high_size=size, crop=crop, length=10_000_000, seed=self.seed)
             trainer_class = SuperResolutionTrainer
         return trainer_class(model, data, schedule_from_spec(self.schedule), config, out_dir, text_encoder=encoder,
-                             device=device, extra_metadata=self.metadata(command), workers=workers)
+                             device=device, extra_metadata=self.metadata(command), workers=workers, parallel=parallel)
 
 
 @dataclass

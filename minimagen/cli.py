@@ -24,9 +24,9 @@ from typing import Sequence
 
 import torch
 
-from minimagen import grading
+from minimagen import distributed, grading
 from minimagen.cascade import STAGES, Imagen, StageRecipe
-from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run
+from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, list_checkpoints
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
 from minimagen.encoders import PROMPT_SETS, measure_model, plot_encoders, prompt_set, summarize, write_rows
 from minimagen.evaluate import (
@@ -104,17 +104,38 @@ def demo(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    """Train a stage with the Trainer; resumes from the newest checkpoint in --out."""
+    """Train a stage with the Trainer; resumes from the newest checkpoint in --out. Under ``torchrun`` each
+    process takes a share of every batch (``minimagen.distributed``) and rank 0 alone writes and prints."""
     schedule = {"kind": args.schedule, "T": args.T, "max_beta": args.max_beta}
     recipe = _from_options(StageRecipe, args, schedule=schedule)
     config = _from_options(TrainConfig, args, max_aug_level=min(args.max_aug_level, args.T))
-    trainer = recipe.trainer(config, args.out, device=args.device, workers=args.workers, cache_size=args.cache_size,
-                             command=args.command_line)
-    if trainer.resume():
-        print(f"train: resumed {args.out} at step {trainer.step}")
-    print(f"train: {args.stage} U-Net {args.unet}, {trainer.model.num_parameters() / 1e6:.2f} M parameters, "
-          f"{args.steps} steps of batch {args.batch_size}, predicting {trainer.model.config.prediction}")
-    trainer.fit(progress=not args.quiet, time_limit=args.time_limit)
+    ranks = distributed.from_environment()
+    if ranks is not None:
+        ranks.local(config.batch_size)  # checked before the processes join: the batch must divide
+    device = distributed.start(ranks, args.device) if ranks is not None else args.device
+    say = print if ranks is None or ranks.is_main else (lambda *_: None)
+    trainer = None
+    try:
+        trainer = recipe.trainer(config, args.out, device=device, workers=args.workers, cache_size=args.cache_size,
+                                 command=args.command_line, parallel=ranks)
+        if trainer.resume():
+            say(f"train: resumed {args.out} at step {trainer.step}")
+        say(f"train: {args.stage} U-Net {args.unet}, {trainer.model.num_parameters() / 1e6:.2f} M parameters, "
+            f"{args.steps} steps of batch {args.batch_size}, predicting {trainer.model.config.prediction}"
+            + (f", on {ranks.world} processes ({args.batch_size // ranks.world} images each per step)" if ranks else ""))
+        trainer.fit(progress=not args.quiet, time_limit=args.time_limit)
+    except RuntimeError as error:
+        if ranks is None:
+            raise
+        # A collective failed: another process died or the group timed out. Say so in one line; the
+        # checkpoints rank 0 wrote are whole (written atomically), and the same command resumes.
+        last = list_checkpoints(pathlib.Path(args.out))
+        step = trainer.step if trainer is not None else 0
+        raise ValueError(f"process {ranks.rank} of {ranks.world} stopped at step {step}: "
+                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}; last checkpoint: "
+                         f"{last[-1] if last else 'none'}; run the same command to resume") from None
+    finally:
+        distributed.stop()
 
 
 def export(args: argparse.Namespace) -> None:

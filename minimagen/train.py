@@ -100,11 +100,34 @@ def autocast_context(precision: str, device: torch.device):
     return nullcontext()
 
 
+class OneProcess:
+    """How a Trainer shares its work with other processes: here, not at all. ``minimagen.distributed.Ranks``
+    is the other kind: each process takes a slice of every batch, and only one writes files."""
+
+    is_main = True  # the process that writes checkpoints, sample grids and progress
+
+    def local(self, batch_size: int) -> slice:
+        """This process's share of a batch of ``batch_size``."""
+        return slice(0, batch_size)
+
+    def any(self, flag: bool) -> bool:
+        """True if ``flag`` is True on any process (so that all stop at the same step)."""
+        return flag
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module that runs the forward and backward passes."""
+        return model
+
+
 class Trainer:
     """Train a (text-conditional or unconditional) U-Net on a dataset of ``(image, caption)`` pairs.
 
     ``model`` is called as ``model(x_t, t, text, text_mask, text_drop=...)``; with ``text_encoder=None``
     the model is trained unconditionally as ``model(x_t, t)``. Checkpoints go to ``out_dir``.
+
+    ``parallel`` shares the work between processes (``minimagen.distributed``); by default there is one.
+    Every process makes the random draws of the whole batch from the same generator and keeps its slice,
+    so a run on N processes takes the same steps as a run on one with the same ``batch_size``.
     """
 
     def __init__(
@@ -120,6 +143,7 @@ class Trainer:
         extra_metadata: dict[str, Any] | None = None,
         sample_prompts: Sequence[str] | None = None,
         workers: int = 0,
+        parallel=None,
     ) -> None:
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
@@ -145,6 +169,9 @@ class Trainer:
         # Threads that render a batch's items in parallel (numpy drawing releases the GIL); the items and
         # their order are the same with any number of workers, so results do not depend on it.
         self._pool = ThreadPoolExecutor(workers) if workers else None
+        self.parallel = parallel or OneProcess()
+        self.local = self.parallel.local(config.batch_size)  # this process's slice of every batch
+        self._net = self.parallel.wrap(self.model)  # the model itself, or its DistributedDataParallel wrapper
 
     # -- one step -----------------------------------------------------------------------------
     def _learning_rate(self, step: int) -> float:
@@ -156,16 +183,24 @@ class Trainer:
     def _batch(self) -> tuple[torch.Tensor, list[str], dict[str, torch.Tensor]]:
         """Images, captions and the U-Net's extra inputs (``model_inputs``) of one batch."""
         idx = torch.randint(len(self.dataset), (self.config.batch_size,), generator=self.generator)
-        indices = [int(i) for i in idx]
+        indices = [int(i) for i in idx[self.local]]
         items = list(self._pool.map(self.dataset.__getitem__, indices)) if self._pool else [
             self.dataset[i] for i in indices]
         images = torch.stack([item[0] for item in items]).to(self.device)  # (B, 3, H, W)
         return images, [item[-1] for item in items], self.model_inputs(items, images.shape[-1])
 
+    def draw(self, b: int, make) -> torch.Tensor:
+        """A random draw ``make(n)`` (first dimension n) for a batch of ``b`` items of a training step: made for
+        the whole batch and sliced to this process's share, so that every process advances the run's generator
+        alike. Any other ``b`` (a batch that is not the step's) is drawn as is."""
+        if b == self.local.stop - self.local.start:
+            return make(self.config.batch_size)[self.local]
+        return make(b)
+
     def model_inputs(self, items: list[tuple], size: int) -> dict[str, torch.Tensor]:
         """What the U-Net gets besides x_t, t and the caption, for a batch of dataset ``items``: nothing
         here. A stage that needs more (``cascade.SuperResolutionTrainer``: the noised low-res image)
-        overrides this, drawing any randomness from ``self.generator``."""
+        overrides this, drawing any randomness from ``self.generator`` through ``draw``."""
         return {}
 
     def sample_inputs(self, n: int, size: int, seed: int, aug_level: int) -> dict[str, torch.Tensor]:
@@ -182,18 +217,20 @@ class Trainer:
         extra = extra or {}
         if self.text_encoder is None:
             def model_fn(x_t, t):
-                return self.model(x_t, t, **extra)
+                return self._net(x_t, t, **extra)
         else:
             text, mask = self.text_encoder.encode(captions)  # (B, L, D), (B, L)
             text, mask = text.to(self.device), mask.to(self.device)
-            drop = (torch.rand(b, generator=self.generator) < self.config.text_drop_prob).to(self.device)
+            drop = self.draw(b, lambda n: torch.rand(n, generator=self.generator) < self.config.text_drop_prob)
+            drop = drop.to(self.device)
 
             def model_fn(x_t, t):
-                return self.model(x_t, t, text, mask, text_drop=drop, **extra)
+                return self._net(x_t, t, text, mask, text_drop=drop, **extra)
 
         # Draw t and eps on the CPU generator so the run is the same on any device.
-        t = torch.randint(self.schedule.T, (b,), generator=self.generator).to(self.device)
-        noise = torch.randn(images.shape, generator=self.generator).to(self.device)
+        t = self.draw(b, lambda n: torch.randint(self.schedule.T, (n,), generator=self.generator)).to(self.device)
+        noise = self.draw(b, lambda n: torch.randn((n, *images.shape[1:]), generator=self.generator))
+        noise = noise.to(self.device)
         with autocast_context(self.config.precision, self.device):
             return diffusion_loss(model_fn, images, self.schedule, t=t, noise=noise,
                                   prediction=prediction_of(self.model))
@@ -233,7 +270,9 @@ class Trainer:
             raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
         cfg = self.config
         began = time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not progress, dynamic_ncols=True)
+        main = self.parallel.is_main
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not (progress and main),
+                   dynamic_ncols=True)
         window: list[float] = []
         start, images_seen = time.perf_counter(), 0
         while self.step < cfg.steps:
@@ -245,21 +284,25 @@ class Trainer:
                 window = []
                 rate = images_seen / max(1e-9, time.perf_counter() - start)
                 bar.set_postfix(loss=f"{self.history[-1][1]:.4f}", img_s=f"{rate:.1f}")
-            if cfg.sample_every and self.step % cfg.sample_every == 0:
+            if cfg.sample_every and self.step % cfg.sample_every == 0 and main:
                 self.save_samples()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self._add_wall_time(start)
                 start, images_seen = time.perf_counter(), 0
-                self.save_checkpoint()
-            if time_limit is not None and time.perf_counter() - began > time_limit and self.step < cfg.steps:
-                print(f"train: time limit of {time_limit:g} s reached at step {self.step} of {cfg.steps}; "
-                      "run again to continue")
+                if main:
+                    self.save_checkpoint()
+            out_of_time = time_limit is not None and time.perf_counter() - began > time_limit
+            if time_limit is not None and self.parallel.any(out_of_time) and self.step < cfg.steps:
+                if main:
+                    print(f"train: time limit of {time_limit:g} s reached at step {self.step} of {cfg.steps}; "
+                          "run again to continue")
                 break
         bar.close()
         if window:
             self.history.append((self.step, sum(window) / len(window)))
         self._add_wall_time(start)
-        self.save_checkpoint()
+        if main:
+            self.save_checkpoint()
         return self.history
 
     def _add_wall_time(self, start: float) -> None:

@@ -31,7 +31,7 @@ def tiny_unet(text_dim=None) -> UNet:
     )
 
 
-def make_trainer(out_dir, steps, text=False, **overrides) -> Trainer:
+def make_trainer(out_dir, steps, text=False, parallel=None, **overrides) -> Trainer:
     torch.manual_seed(0)  # model init only; the run's own draws come from TrainConfig.seed
     config = TrainConfig(
         steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, log_every=1, checkpoint_every=3, seed=7, **overrides
@@ -39,7 +39,7 @@ def make_trainer(out_dir, steps, text=False, **overrides) -> Trainer:
     encoder = FakeTextEncoder() if text else None
     model = tiny_unet(encoder.dim if text else None)
     data = Shapes(size=16, length=64, seed=3, max_objects=1, textures=("plain",))
-    return Trainer(model, data, NoiseSchedule.linear(100), config, out_dir, text_encoder=encoder)
+    return Trainer(model, data, NoiseSchedule.linear(100), config, out_dir, text_encoder=encoder, parallel=parallel)
 
 
 @pytest.mark.parametrize("text", [False, True])
