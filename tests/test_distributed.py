@@ -92,3 +92,42 @@ def test_torchrun_runs_the_train_command_on_two_processes(tmp_path):
     refused = torchrun("--batch-size", "3")
     assert refused.returncode != 0
     assert "minimagen train: error: batch_size 3 must be a multiple of the number of processes 2" in refused.stderr
+
+
+def test_killing_one_process_stops_the_run_and_leaves_a_checkpoint_that_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from minimagen.checkpoint import TrainingState
+
+    out = tmp_path / "run"
+
+    def command(steps):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(_free_port()), "-m", "minimagen", "train", "--out", str(out), "--unet", "base-s", "--image-size",
+                "16", "--batch-size", "4", "--steps", str(steps), "--checkpoint-every", "2", "--threads", "1",
+                "--quiet"]
+
+    launcher = subprocess.Popen(command(100_000), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list_checkpoints(out) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert list_checkpoints(out), "no checkpoint within 2 minutes"
+        workers = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2, workers
+        subprocess.run(["kill", "-KILL", workers[-1]])
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.send_signal(signal.SIGKILL)
+    assert launcher.returncode != 0
+    assert "Signal 9 (SIGKILL)" in stderr or "exitcode  : -9" in stderr  # torchrun names the process that died
+    last = list_checkpoints(out)[-1]
+    step = int(TrainingState(last).meta["step"])  # whole: rank 0 writes checkpoints atomically
+    assert step >= 2
+    resumed = subprocess.run(command(step + 2), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed {out} at step {step}" in resumed.stdout
