@@ -189,6 +189,15 @@ class Measurement:
                 "colour_and_shape": hits.sum().item() / objects.sum().item(),
                 "colour_and_shape_se": rate_se(hits, objects)}
 
+    def paired_with(self, other: "Measurement") -> tuple[float, float, int]:
+        """Alignment of this row minus ``other``'s, prompt by prompt (rows over the same prompts and starting
+        noise): the mean difference, its standard error, and how many prompts score differently."""
+        if self.per_image is None or other.per_image is None or self.n != other.n:
+            raise ValueError(f"paired_with needs two rows with per-image values over the same n prompts, got n = "
+                             f"{self.n} and {other.n}")
+        diff = torch.tensor(self.per_image["alignment"]) - torch.tensor(other.per_image["alignment"])
+        return diff.mean().item(), diff.std().item() / len(diff) ** 0.5, int((diff.abs() > 1e-6).sum())
+
     def __str__(self) -> str:
         return (f"{self.sampler} {self.steps:4d} steps  w={self.guidance:<5g} {self.threshold:<8} alignment "
                 f"{self.alignment:.3f} ± {self.alignment_se:.3f}  FD {self.frechet:7.2f}  saturation "

@@ -135,6 +135,17 @@ def test_threshold_sweep_rows_and_csv_round_trip(tmp_path, tiny_base):
         evaluate.plot_sweep(rows, log_frechet="yes")
 
 
+def test_paired_with_compares_two_rows_prompt_by_prompt():
+    def row(scores):
+        return evaluate.Measurement(3.0, "static", 25, len(scores), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                                    per_image={"alignment": scores, "objects": [1] * len(scores),
+                                               "colour_and_shape": [1] * len(scores)})
+    mean, se, changed = row([1.0, 0.5, 1.0, 1.0]).paired_with(row([1.0, 1.0, 1.0, 0.5]))
+    assert (mean, changed) == (0.0, 2) and se == pytest.approx((1 / 6) ** 0.5 / 2)  # sample SD of (0, -0.5, 0, 0.5) over sqrt(4)
+    with pytest.raises(ValueError, match="same n prompts"):
+        row([1.0, 1.0]).paired_with(row([1.0, 1.0, 1.0]))
+
+
 def test_rows_keep_per_image_values_so_a_prompt_subset_compares_prompt_by_prompt(tmp_path, tiny_base):
     probe = AttributeProbe().eval()
     rows = evaluate.threshold_sweep(tiny_base, probe, n=4, weights=[1, 4], modes=["static"], steps=2,
