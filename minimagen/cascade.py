@@ -114,9 +114,9 @@ class SuperResolutionTrainer(Trainer):
     def model_inputs(self, items: list[tuple], size: int) -> dict[str, Tensor]:
         lowres = torch.stack([item[1] for item in items]).to(self.device)  # (B, 3, h, w)
         b = lowres.shape[0]
-        aug_level = self.draw(b, lambda n: torch.randint(self.config.max_aug_level, (n,), generator=self.generator))
-        aug_noise = self.draw(b, lambda n: torch.randn((n, 3, size, size), generator=self.generator))
-        return sr_inputs(lowres, size, aug_level.to(self.device), self.schedule, aug_noise.to(self.device))
+        aug_level = self.randint(b, self.config.max_aug_level)
+        aug_noise = self.randn(b, (3, size, size))
+        return sr_inputs(lowres, size, aug_level, self.schedule, aug_noise)
 
     def sample_inputs(self, n: int, size: int, seed: int, aug_level: int) -> dict[str, Tensor]:
         lowres = torch.stack([self.dataset[i][1] for i in range(n)]).to(self.device)

@@ -182,8 +182,10 @@ def run_card(stage, model, *, schedule, data, command, train_config, steps, wall
 
 def save_training_state(path: str | os.PathLike, *, model: torch.nn.Module, ema: torch.nn.Module,
                         optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                        history: list[tuple[int, float]], metadata: dict[str, Any]) -> None:
-    """Write everything a run needs to resume exactly, atomically (the layout above)."""
+                        history: list[tuple[int, float]], metadata: dict[str, Any],
+                        draws: torch.Generator | None = None) -> None:
+    """Write everything a run needs to resume exactly, atomically (the layout above). ``draws`` is the
+    generator of a run that draws on its device (``TrainConfig.draws``), saved as rng/draws."""
     tensors: dict[str, torch.Tensor] = {}
     tensors.update({f"model/{k}": v for k, v in model.state_dict().items()})
     tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
@@ -192,6 +194,8 @@ def save_training_state(path: str | os.PathLike, *, model: torch.nn.Module, ema:
         for name, value in state.items():
             tensors[f"optim/{index}/{name}"] = torch.as_tensor(value)
     tensors["rng/generator"] = generator.get_state()
+    if draws is not None:
+        tensors["rng/draws"] = draws.get_state()
     tensors["rng/torch"] = torch.get_rng_state()
     steps, losses = zip(*history) if history else ((), ())
     tensors["history/step"] = torch.tensor(steps, dtype=torch.int64)
@@ -232,8 +236,11 @@ class TrainingState:
         return list(zip(self.tensors["history/step"].tolist(), self.tensors["history/loss"].tolist()))
 
     def restore(self, *, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                generator: torch.Generator) -> None:
-        """Load the weights, the optimizer's state and both RNG states into a run built for this model."""
+                generator: torch.Generator, draws: torch.Generator | None = None) -> None:
+        """Load the weights, the optimizer's state and the RNG states into a run built for this model.
+
+        ``draws``, a run's device generator, continues from the saved one if the checkpoint has it; a run
+        written with host draws leaves it at its seed (a run moved to device draws starts that stream anew)."""
         load_state_strict(model, self.section("model/"), self.path)
         load_state_strict(ema, self.ema, self.path)
         state: dict[int, dict[str, torch.Tensor]] = {}
@@ -246,6 +253,8 @@ class TrainingState:
         groups[0]["params"] = list(range(len(list(model.parameters()))))
         optimizer.load_state_dict({"state": state, "param_groups": groups})
         generator.set_state(self.tensors["rng/generator"])
+        if draws is not None and "rng/draws" in self.tensors:
+            draws.set_state(self.tensors["rng/draws"])
         torch.set_rng_state(self.tensors["rng/torch"])
 
 

@@ -441,6 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction", choices=["eps", "v"], default=None,
                    help="what the U-Net predicts (default: eps for the base stage, v for SR; see minimagen.diffusion)")
     p.add_argument("--workers", type=_non_negative_int, default=0, help="threads that render each batch (0: none)")
+    fast = p.add_argument_group("fast path (minimagen.fastpath; each off by default, each tested equal to the plain path)")
+    fast.add_argument("--draws", choices=["host", "device"], default="host",
+                      help="where t, eps, augmentation and caption dropout are drawn: host (the same run on any "
+                           "device) or the training device (no CPU sampling or copy; reproducible per device type)")
+    fast.add_argument("--channels-last", action="store_true", help="NHWC memory order for weights and images")
+    fast.add_argument("--fused-adamw", action="store_true", help="AdamW's update as one fused kernel")
+    fast.add_argument("--compile", action="store_true",
+                      help="torch.compile the U-Net (the first steps compile; see bench/bench_train_paths.py)")
     p.add_argument("--time-limit", type=float, default=None,
                    help="stop (with a checkpoint) after this many seconds; run the command again to continue")
     p.add_argument("--encoder", default="minilm",

@@ -36,12 +36,14 @@ def guided_model_fn(
     text_mask: torch.Tensor | None,
     w: float = 1.0,
     schedule=None,
+    doubled: bool = True,
     **unet_kwargs,
 ) -> ModelFn:
     """Close over text and guidance weight: returns ``model_fn(x_t, t) -> eps_hat`` for the samplers.
 
     With ``w != 1`` the conditional and the null-text halves run as one doubled batch (one forward
-    pass per step, as Imagen does). ``unet_kwargs`` (e.g. ``lowres``, ``aug_level`` for a
+    pass per step, as Imagen does); ``doubled=False`` runs them as two passes, the same numbers more slowly
+    (``bench/bench_train_paths.py`` measures the difference). ``unet_kwargs`` (e.g. ``lowres``, ``aug_level`` for a
     super-resolution stage) are passed to every call and doubled along with ``x_t``.
 
     A U-Net that predicts v (``unet.config.prediction == "v"``) needs its ``schedule``: guidance is
@@ -59,6 +61,12 @@ def guided_model_fn(
 
     if w == 1.0 or text is None:
         return as_eps(conditional, prediction, schedule)
+
+    if not doubled:
+        def two_passes(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            null = torch.ones(x_t.shape[0], dtype=torch.bool, device=x_t.device)
+            return cfg(conditional(x_t, t), unet(x_t, t, text, text_mask, text_drop=null, **unet_kwargs), w)
+        return as_eps(two_passes, prediction, schedule)
 
     def doubled(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x_t.shape[0]

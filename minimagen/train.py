@@ -12,6 +12,8 @@ moving average (EMA) of the weights is kept and used for sampling, and gradients
 
 Every random draw of a run (batch indices, t, eps, caption dropout) comes from one ``torch.Generator``
 whose state is saved in each checkpoint, so a resumed run makes the same draws as one that never stopped.
+(``TrainConfig.draws="device"`` moves all but the batch indices to a second generator on the training
+device, also saved: see ``minimagen.fastpath`` for that and the other switches of the fast path.)
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from minimagen.plot import save_grid
 from minimagen.samplers import ddim_sample
 from minimagen.schedules import NoiseSchedule, schedule_from_spec
 from minimagen.unet import UNet, UNetConfig
+# The switches of lesson 13's fast path (device-side draws, channels-last, fused AdamW, torch.compile).
+from minimagen import fastpath
 # The periodic sample grids use classifier-free guidance, lesson 06's idea one lesson early: a grid at
 # w = 3 shows whether the model reads its captions long before an unguided one would.
 from minimagen.guidance import as_eps, guided_model_fn
@@ -65,6 +69,11 @@ class TrainConfig:
     sample_guidance: float = 3.0  # classifier-free guidance weight of those grids (text models)
     max_aug_level: int = 250  # SR stages: the low-res input is noised at a level drawn from [0, max_aug_level)
     seed: int = 0
+    # The fast path (minimagen.fastpath), each switch off by default:
+    draws: Literal["host", "device"] = "host"  # where t, eps, augmentation and dropout are drawn
+    channels_last: bool = False  # NHWC weights and images
+    fused_adamw: bool = False  # AdamW's update as one kernel
+    compile: bool = False  # torch.compile the U-Net
 
     def __post_init__(self) -> None:
         if self.lr_decay_steps < 0 or self.lr_decay_steps > self.steps:
@@ -81,6 +90,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"TrainConfig.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        checks.choice("TrainConfig.draws", self.draws, fastpath.DRAWS)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -148,7 +158,7 @@ class Trainer:
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.model = fastpath.prepare(model.to(self.device), config.channels_last)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.dataset = dataset
         self.schedule = schedule.to(self.device)
@@ -158,10 +168,11 @@ class Trainer:
         self.extra_metadata = extra_metadata or {}
         # Fixed prompts for the periodic sample grids: by default the captions of the first 8 items.
         self.sample_prompts = list(sample_prompts or [dataset[i][-1] for i in range(min(8, len(dataset)))])
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.optimizer = fastpath.adamw(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                        fused=config.fused_adamw)
+        self.generator = torch.Generator().manual_seed(config.seed)  # batch indices, and by default every draw
+        # t, eps, caption dropout and augmentation: this same generator, or one on the device (config.draws)
+        self.draws = fastpath.draw_generator(config.draws, config.seed, self.device, self.generator)
         self.step = 0
         self.history: list[tuple[int, float]] = []  # (step, mean loss over the last log_every steps)
         self.wall_time = 0.0  # seconds spent in fit(), summed over resumes
@@ -171,7 +182,8 @@ class Trainer:
         self._pool = ThreadPoolExecutor(workers) if workers else None
         self.parallel = parallel or OneProcess()
         self.local = self.parallel.local(config.batch_size)  # this process's slice of every batch
-        self._net = self.parallel.wrap(self.model)  # the model itself, or its DistributedDataParallel wrapper
+        # the model itself, or its DistributedDataParallel wrapper; compiled when config.compile
+        self._net = fastpath.compiled(self.parallel.wrap(self.model), config.compile)
 
     # -- one step -----------------------------------------------------------------------------
     def _learning_rate(self, step: int) -> float:
@@ -197,10 +209,25 @@ class Trainer:
             return make(self.config.batch_size)[self.local]
         return make(b)
 
+    def randint(self, b: int, high: int) -> torch.Tensor:
+        """``b`` integers from [0, high), drawn through ``draw`` by ``self.draws``, on the training device."""
+        g = self.draws
+        return self.draw(b, lambda n: torch.randint(high, (n,), generator=g, device=g.device)).to(self.device)
+
+    def randn(self, b: int, shape: Sequence[int]) -> torch.Tensor:
+        """A ``(b, *shape)`` standard normal draw, through ``draw`` by ``self.draws``, on the training device."""
+        g = self.draws
+        return self.draw(b, lambda n: torch.randn((n, *shape), generator=g, device=g.device)).to(self.device)
+
+    def rand(self, b: int) -> torch.Tensor:
+        """``b`` uniform draws from [0, 1), through ``draw`` by ``self.draws``, on the training device."""
+        g = self.draws
+        return self.draw(b, lambda n: torch.rand(n, generator=g, device=g.device)).to(self.device)
+
     def model_inputs(self, items: list[tuple], size: int) -> dict[str, torch.Tensor]:
         """What the U-Net gets besides x_t, t and the caption, for a batch of dataset ``items``: nothing
         here. A stage that needs more (``cascade.SuperResolutionTrainer``: the noised low-res image)
-        overrides this, drawing any randomness from ``self.generator`` through ``draw``."""
+        overrides this, drawing any randomness through ``randint``/``randn``/``rand``."""
         return {}
 
     def sample_inputs(self, n: int, size: int, seed: int, aug_level: int) -> dict[str, torch.Tensor]:
@@ -214,23 +241,23 @@ class Trainer:
         ``extra`` are the U-Net's extra inputs for this batch (``model_inputs``).
         """
         b = images.shape[0]
-        extra = extra or {}
+        channels_last = self.config.channels_last
+        images = fastpath.memory_format(images, channels_last)
+        extra = {k: fastpath.memory_format(v, channels_last) for k, v in (extra or {}).items()}
         if self.text_encoder is None:
             def model_fn(x_t, t):
                 return self._net(x_t, t, **extra)
         else:
             text, mask = self.text_encoder.encode(captions)  # (B, L, D), (B, L)
             text, mask = text.to(self.device), mask.to(self.device)
-            drop = self.draw(b, lambda n: torch.rand(n, generator=self.generator) < self.config.text_drop_prob)
-            drop = drop.to(self.device)
+            drop = self.rand(b) < self.config.text_drop_prob
 
             def model_fn(x_t, t):
                 return self._net(x_t, t, text, mask, text_drop=drop, **extra)
 
-        # Draw t and eps on the CPU generator so the run is the same on any device.
-        t = self.draw(b, lambda n: torch.randint(self.schedule.T, (n,), generator=self.generator)).to(self.device)
-        noise = self.draw(b, lambda n: torch.randn((n, *images.shape[1:]), generator=self.generator))
-        noise = noise.to(self.device)
+        # By default t and eps are drawn on the CPU generator, so the run is the same on any device.
+        t = self.randint(b, self.schedule.T)
+        noise = fastpath.memory_format(self.randn(b, images.shape[1:]), channels_last)
         with autocast_context(self.config.precision, self.device):
             return diffusion_loss(model_fn, images, self.schedule, t=t, noise=noise,
                                   prediction=prediction_of(self.model))
@@ -354,7 +381,8 @@ class Trainer:
         }
         path = self.checkpoint_path(self.step)
         save_training_state(path, model=self.model, ema=self.ema, optimizer=self.optimizer,
-                            generator=self.generator, history=self.history, metadata=metadata)
+                            generator=self.generator, history=self.history, metadata=metadata,
+                            draws=None if self.draws is self.generator else self.draws)
         for old in list_checkpoints(self.out_dir)[: -self.config.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path
@@ -376,7 +404,9 @@ class Trainer:
                 f"checkpoint {str(path)!r} was written for a different model config: "
                 f"{state.meta.get('model_config')} vs {_model_config(self.model)}"
             )
-        state.restore(model=self.model, ema=self.ema, optimizer=self.optimizer, generator=self.generator)
+        state.restore(model=self.model, ema=self.ema, optimizer=self.optimizer, generator=self.generator,
+                      draws=None if self.draws is self.generator else self.draws)
+        fastpath.match_layouts(self.optimizer)  # a checkpoint keeps NCHW order; channels-last moments need NHWC
         self.step = int(state.meta["step"])
         self.wall_time = float(state.meta.get("wall_time", 0.0))
         self.history = state.history

@@ -389,3 +389,20 @@ def test_sample_and_eval_default_to_the_shipped_models_and_data_results(tmp_path
     record = json.loads((tmp_path / "data/results/sr256.json").read_text())
     assert record["stage"] == "sr256" and record["n"] == 1 and "sharpness" in " ".join(record["result"])
     assert {"texture_sr", "texture_bicubic", "texture_real"} <= set(record["result"])  # the shipped texture probe
+
+
+def test_train_takes_the_fast_path_switches_and_records_them(tmp_path, tiny_preset, capsys):
+    run = tmp_path / "fast"
+    cli.main(["train", "--stage", "sr256", "--crop", "16", "--out", str(run), "--unet", "tiny", "--steps", "2",
+              "--batch-size", "2", "--sample-every", "0", "--quiet", "--threads", "1",
+              "--draws", "device", "--channels-last", "--fused-adamw"])
+    dest = tmp_path / "sr256.safetensors"
+    cli.main(["export", str(run), str(dest)])
+    config = json.loads(dest.with_suffix(".json").read_text())["training"]["train_config"]
+    assert (config["draws"], config["channels_last"], config["fused_adamw"], config["compile"]) == (
+        "device", True, True, False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--out", str(run), "--draws", "gpu"])
+    assert stop.value.code == 2
+    assert "--draws: invalid choice: 'gpu'" in capsys.readouterr().err

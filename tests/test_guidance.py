@@ -37,6 +37,9 @@ def test_doubled_batch_equals_two_separate_passes(text_unet):
         guided = guided_model_fn(text_unet, text, mask, w=4.0)(x, t)
     torch.testing.assert_close(guided, cfg(eps_c, eps_u, 4.0), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(eps_c, eps_u)
+    with torch.no_grad():
+        two_passes = guided_model_fn(text_unet, text, mask, w=4.0, doubled=False)(x, t)
+    torch.testing.assert_close(two_passes, guided, rtol=1e-4, atol=1e-5)
 
 
 def test_w_one_is_a_single_conditional_pass(text_unet):

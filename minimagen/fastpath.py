@@ -1,0 +1,77 @@
+"""The switches that make a training step faster on a GPU without changing what it computes (lesson 13).
+
+Each one is a field of ``TrainConfig`` (and a flag of ``minimagen train``), off by default, and each is
+tested against the plain path in ``tests/test_fastpath.py``:
+
+- ``draws="device"``: the step's random draws (t, eps, the SR stages' augmentation levels and noise, caption
+  dropout) come from a generator on the training device. The plain path draws them on the CPU and copies
+  them over, so that a run is the same on any device; on a GPU that copy and the CPU's normal sampler can
+  bound the step. A device generator gives a different stream, so a run is reproducible per device type:
+  the same seed on the same kind of device gives the same run, and resuming is exact (the generator's
+  state is in the checkpoint).
+- ``channels_last``: the U-Net's weights and the step's images in NHWC memory order, which convolution
+  kernels on GPUs with tensor cores (and oneDNN on CPUs) prefer. Same numbers up to summation order.
+- ``fused_adamw``: AdamW's update of every parameter in one kernel instead of a loop of small ones
+  (``torch.optim.AdamW(fused=True)``). Same update up to rounding.
+- ``compile``: the U-Net (inside the DistributedDataParallel wrapper, if any) compiled by ``torch.compile``.
+  The first steps pay for the compilation; ``bench/bench_train_paths.py`` measures whether it pays back.
+
+bf16 autocast (``precision``), PyTorch's fused attention (``UNetConfig.attention="sdpa"``), guidance as one
+doubled batch (``guidance.guided_model_fn``) and encoding each caption once (``TextEncoder(cache=True)``)
+are the other fast paths; they live where they act.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from minimagen import checks
+
+DRAWS = ("host", "device")
+
+
+def draw_generator(draws: str, seed: int, device: torch.device, host: torch.Generator) -> torch.Generator:
+    """The generator of a step's random draws: the run's own ``host`` generator (``draws="host"``), or a new
+    one on ``device`` seeded with ``seed`` (``draws="device"``)."""
+    checks.choice("draws", draws, DRAWS)
+    if draws == "host":
+        return host
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def adamw(params, *, lr: float, weight_decay: float, fused: bool) -> torch.optim.AdamW:
+    """AdamW, its update as one fused kernel when ``fused``."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)
+
+
+def memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` in NHWC memory order when ``channels_last`` and it is an image batch (4-D); else unchanged."""
+    if channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def prepare(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
+    """The model with its convolution weights in NHWC memory order when ``channels_last`` (in place)."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def compiled(net: torch.nn.Module, compile: bool) -> torch.nn.Module:
+    """``net`` compiled by ``torch.compile`` when ``compile``; its parameters stay ``net``'s own."""
+    return torch.compile(net) if compile else net
+
+
+def match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor its parameter's memory layout (in place).
+
+    A checkpoint stores tensors in the default (NCHW) order, so after loading, a channels-last parameter's
+    AdamW moments are laid out differently from it; the fused kernel walks a parameter and its moments
+    element by element in memory, so it would pair the wrong elements. Copying them into the parameter's
+    layout makes a resumed run equal to one that never stopped.
+    """
+    for param, state in optimizer.state.items():
+        for name, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
