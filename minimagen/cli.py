@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from minimagen import distributed, grading
+from minimagen.augmentation import KINDS, LEVELS, augmentation_sweep, plot_augmentation, write_sweep
 from minimagen.cascade import STAGES, Imagen, StageRecipe
 from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, list_checkpoints
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
@@ -271,6 +272,28 @@ def evaluate_sr(args: argparse.Namespace) -> None:
     print(f"eval sr: wrote {out}")
 
 
+def evaluate_augmentation(args: argparse.Namespace) -> None:
+    """``eval augmentation``: one SR stage on clean, grainy, blotchy and generated inputs at several
+    augmentation levels (``minimagen.augmentation``), written as CSV with a figure."""
+    imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
+    if args.weights:
+        imagen = imagen.replace_stage(args.stage, args.weights)
+    texture = load_texture_probe(args.texture_probe) if args.texture_probe != "none" else None
+    rows = augmentation_sweep(imagen, args.stage, levels=args.levels, kinds=args.kinds, n=args.n, steps=args.steps,
+                              guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                              precision=args.precision, texture_probe=texture, base_guidance=args.base_guidance,
+                              threshold=args.threshold, progress=not args.quiet)
+    for row in rows:
+        print(f"{args.stage}: {row['kind']:9s} s = {row['level']:3d}  " + "  ".join(
+            f"{m} {row[m]:.4f} ± {row[m + '_se']:.4f}" for m in ("rmse_to_real", "kept", "downsample_error",
+                                                                  "sharpness", "texture") if m in row))
+    out = write_sweep(rows, args.out, comment=args.command_line)
+    figure = out.with_suffix(".png")
+    plot_augmentation(rows, title=f"{args.weights or args.stage}: {args.n} scenes per point, ±1 standard error"
+                      ).savefig(figure, dpi=120)
+    print(f"eval augmentation: wrote {out} and {figure}")
+
+
 def _encoder_model(text: str) -> tuple[str, str]:
     """``--model NAME=PATH``: an encoder's name (repeated for its training seeds) and a base model's weights."""
     name, sep, path = text.partition("=")
@@ -513,6 +536,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a probe from 'minimagen texture-probe' for the texture accuracy of SR, bicubic and real "
                         "(default: the shipped one; 'none' leaves texture out)")
     p.add_argument("--out", default=None, help="JSON to write (default: data/results/<stage>.json)")
+    _add_precision(p)
+
+    p = _command(evals, "augmentation", evaluate_augmentation,
+                 "one SR stage on clean, grainy, blotchy and generated inputs at several augmentation levels")
+    p.add_argument("--models", default=None, help="folder with imagen.json (default: the shipped cascade)")
+    p.add_argument("--stage", default="sr256", help="the SR stage to measure")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="measure these weights (minimagen export) as the stage, in place of the cascade's own")
+    p.add_argument("--levels", type=_non_negative_int, nargs="+", default=list(LEVELS))
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    p.add_argument("--n", type=_positive_int, default=16, help="held-out scenes per point")
+    p.add_argument("--steps", type=_positive_int, default=20, help="DDIM steps of the SR stage")
+    p.add_argument("--guidance", type=_non_negative_float, default=1.0)
+    p.add_argument("--base-guidance", type=_non_negative_float, default=3.0,
+                   help="the base stage's guidance weight, for generated inputs")
+    p.add_argument("--threshold", choices=THRESHOLDS, default="static")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--texture-probe", default=str(SHIPPED_DIR / "texture_probe.safetensors"), metavar="PATH",
+                   help="'none' leaves texture out")
+    p.add_argument("--out", default="data/results/sr256_augmentation.csv", help="CSV to write (the figure beside it)")
     _add_precision(p)
 
     actions = sub.add_parser("exercises", help="classroom exercises: write student versions, grade submissions")

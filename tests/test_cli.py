@@ -406,3 +406,9 @@ def test_train_takes_the_fast_path_switches_and_records_them(tmp_path, tiny_pres
         cli.main(["train", "--out", str(run), "--draws", "gpu"])
     assert stop.value.code == 2
     assert "--draws: invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_eval_augmentation_refuses_a_level_past_the_schedule(capsys):
+    assert cli.main(["eval", "augmentation", "--levels", "0", "1000", "--n", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "levels must be below the schedule's T = 1000, got 1000" in err and "Traceback" not in err
