@@ -40,6 +40,7 @@ from minimagen.texture import TEXTURE_SIZE, TextureProbe, texture_hits
 KINDS = ("clean", "grain", "blotches", "generated")
 LEVELS = (0, 50, 150, 250, 400)
 METRICS = ("rmse_to_real", "kept", "downsample_error", "sharpness", "texture")
+COLOURS = {"clean": "C0", "grain": "C1", "blotches": "C2", "generated": "C3"}  # one per kind, in every panel
 
 
 def flawed_inputs(clean: Tensor, kinds: Sequence[str], seed: int) -> dict[str, Tensor]:
@@ -160,7 +161,7 @@ def plot_sweep(rows: list[dict], metric: str, ax, label: str = "", **style) -> N
                         if r["kind"] == kind and metric in r)
         if points:
             x, y, se = zip(*points)
-            ax.errorbar(x, y, yerr=se, capsize=3, marker="o", label=f"{label}{kind}", **style)
+            ax.errorbar(x, y, yerr=se, capsize=3, label=f"{label}{kind}", **{"color": COLOURS[kind], "marker": "o", **style})
     ax.set_xlabel("augmentation level s at sampling")
     ax.set_ylabel(metric.replace("_", " "))
 
