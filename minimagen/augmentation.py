@@ -161,7 +161,8 @@ def plot_sweep(rows: list[dict], metric: str, ax, label: str = "", **style) -> N
                         if r["kind"] == kind and metric in r)
         if points:
             x, y, se = zip(*points)
-            ax.errorbar(x, y, yerr=se, capsize=3, label=f"{label}{kind}", **{"color": COLOURS[kind], "marker": "o", **style})
+            kind_style = {"color": COLOURS[kind], "marker": "o", **style}
+            ax.errorbar(x, y, yerr=se, capsize=3, label=f"{label}{kind}", **kind_style)
     ax.set_xlabel("augmentation level s at sampling")
     ax.set_ylabel(metric.replace("_", " "))
 
