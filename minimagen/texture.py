@@ -99,6 +99,27 @@ def texture_hits(probe: TextureProbe, images: Tensor, scenes: list[Scene]) -> tu
     return ((predicted == target) & known).sum(1), known.sum(1)
 
 
+@torch.no_grad()
+def texture_readings(probe: TextureProbe, images: Tensor, scenes: list[Scene]) -> dict[str, int]:
+    """What the probe reads on each captioned object, counted over ``images``: ``right`` (its captioned
+    texture), ``plain`` (no pattern where the caption asks for one), ``other_object`` (a pattern the caption
+    gives another object of the same scene, not this one: texture put on the wrong object), ``elsewhere``
+    (any other wrong texture), and ``objects``."""
+    if len(images) != len(scenes):
+        raise ValueError(f"images and scenes must be as many, got {len(images)} and {len(scenes)}")
+    predicted = probe(images)["texture"].argmax(-1)  # (B, positions)
+    counts = dict.fromkeys(("right", "other_object", "plain", "elsewhere", "objects"), 0)
+    for read, scene in zip(predicted.tolist(), scenes):
+        for obj in scene.objects:
+            got = TEXTURES[read[POSITIONS.index(obj.position)]]
+            others = {o.texture for o in scene.objects if o is not obj} - {obj.texture}
+            kind = ("right" if got == obj.texture else "plain" if got == "plain"
+                    else "other_object" if got in others else "elsewhere")
+            counts[kind] += 1
+            counts["objects"] += 1
+    return counts
+
+
 def texture_accuracy(probe: TextureProbe, images: Tensor, scenes: list[Scene]) -> float:
     """The fraction of the objects in ``scenes`` whose texture the probe reads correctly from ``images``."""
     hits, objects = texture_hits(probe, images, scenes)

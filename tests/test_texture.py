@@ -55,3 +55,28 @@ def test_the_shipped_probe_reads_texture_only_where_it_is_drawn():
     bicubic = upsample(torch.stack([low[i][0] for i in range(40)]), 256)
     textures = [o.texture for s in scenes for o in s.objects]
     assert T.texture_accuracy(probe, bicubic, scenes) < textures.count("plain") / len(textures) + 0.1
+
+
+def test_texture_readings_tell_a_texture_on_the_wrong_object_from_a_missing_one():
+    from minimagen.data import POSITIONS, TEXTURES, Scene, ShapeObject
+    from minimagen.texture import texture_readings
+
+    class Reads:
+        """A stand-in probe that reads the given texture at each position."""
+        def __init__(self, rows):
+            self.rows = rows
+
+        def __call__(self, images):
+            logits = torch.zeros(len(self.rows), len(POSITIONS), len(TEXTURES))
+            for b, row in enumerate(self.rows):
+                for position, texture in row.items():
+                    logits[b, POSITIONS.index(position), TEXTURES.index(texture)] = 1.0
+            return {"texture": logits}
+
+    a, b = "left", "right"
+    scene = Scene(objects=(ShapeObject(colour="red", shape="circle", size="small", texture="striped", position=a),
+                           ShapeObject(colour="blue", shape="square", size="small", texture="plain", position=b)))
+    probe = Reads([{a: "striped", b: "striped"}, {a: "plain", b: "dotted"}])
+    counts = texture_readings(probe, torch.zeros(2, 3, 256, 256), [scene, scene])
+    # image 1: circle right, square striped like the circle; image 2: circle plain, square dotted
+    assert counts == {"right": 1, "other_object": 1, "plain": 1, "elsewhere": 1, "objects": 4}
