@@ -42,7 +42,7 @@ from minimagen.metrics import (
     sharpness,
 )
 from minimagen.text import TextEncoder
-from minimagen.texture import TEXTURE_SIZE, TextureProbe, texture_hits
+from minimagen.texture import TEXTURE_SIZE, TextureProbe, texture_hits, texture_readings
 from minimagen.thresholding import resolve_threshold
 
 EVAL_SEED = HELD_OUT_SEED  # scenes the evaluation prompts come from (data.HELD_OUT_SEED)
@@ -350,7 +350,8 @@ def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: fl
     only). An SR stage should be much sharper than bicubic (towards the real render) at a small downsample
     error. With a ``texture_probe``, also ``texture`` accuracy (per image, the fraction of its objects whose
     caption texture the probe reads) of SR, bicubic and the real render: from a 64 px input only the text
-    can tell the texture.
+    can tell the texture; and ``texture_other_object_sr``, the fraction given the pattern the caption asks
+    for another object of the scene (``texture.texture_readings``).
     """
     sr = imagen.stage(stage)
     if not sr.is_super_resolution:
@@ -392,6 +393,10 @@ def sr_quality(imagen, stage: str, *, n: int = 16, steps: int = 25, guidance: fl
             for name, x in (("texture_sr", out), ("texture_bicubic", bicubic), ("texture_real", real)):
                 hits, objects = texture_hits(texture_probe, x, scenes)
                 values[name] = hits / objects  # per image: the fraction of its objects read right
+            # per image: the fraction of its objects given another object's captioned pattern
+            values["texture_other_object_sr"] = torch.tensor(
+                [texture_readings(texture_probe, out[i:i + 1], [scene])["other_object"] / len(scene.objects)
+                 for i, scene in enumerate(scenes)])
         for name, value in values.items():
             per_image.setdefault(name, []).append(value.float())
     result = {}
