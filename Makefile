@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_sampling.py
 	$(BIN)/python bench/bench_cascade.py
 	$(BIN)/python bench/bench_cascade.py --precision bf16
+	$(BIN)/python bench/bench_train_paths.py
 
 clean:
 	rm -rf $(VENV) out
