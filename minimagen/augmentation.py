@@ -13,9 +13,11 @@ of sampling levels s:
 
 Per image it records the output's RMSE to the real high-resolution render (not for generated inputs: they
 show another scene), how much of a defect survives (``kept``: the output's downsample error against the
-clean input over the defect's own RMS; 0 = removed, 1 = all kept), the downsample error against the input
-it was given, sharpness, and, with a texture probe, texture accuracy. Rows carry means and standard errors
-over the scenes. Running it for a stage trained with ``--max-aug-level 1`` (no augmentation) beside the
+clean input over the defect's own RMS; 1 = the output is as far from the clean input as the flawed input
+is, and the floor is not 0 but the stage's own downsample error on clean inputs over the defect, since no
+SR output downsamples exactly to its input), the downsample error against the input it was given,
+sharpness, and, with a texture probe, texture accuracy (per image, the fraction of its objects read right).
+Rows carry means over the scenes and their standard errors. Running it for a stage trained with ``--max-aug-level 1`` (no augmentation) beside the
 same recipe with augmentation shows what the augmentation does.
 """
 
@@ -59,16 +61,20 @@ def augmentation_sweep(imagen, stage: str = "sr256", *, levels: Sequence[int] = 
                        base_guidance: float = 3.0, base_steps: int = 50, threshold: str = "static",
                        progress: bool = True) -> list[dict]:
     """One row per (kind, level): ``kind``, ``level``, ``n`` and each of ``METRICS`` (where it applies) with
-    its standard error ``<metric>_se``. The inputs of a scene are the same at every level, and the SR
-    stage's noise too (``seed``), so differences between levels are the level's."""
+    its standard error ``<metric>_se`` over the scenes. The inputs of a scene are the same at every level, and
+    the SR stage's noise too (``seed``; it is drawn per batch of ``batch_size`` scenes, so keep the batch
+    size to repeat a sweep exactly), so differences between levels are the level's."""
     sr = imagen.stage(stage)
     if not sr.is_super_resolution:
         raise ValueError(f"stage {stage!r} is the base model; augmentation_sweep needs a super-resolution stage")
     checks.integer("n", n, note="number of scenes")
+    checks.integer("batch_size", batch_size)
     for kind in kinds:
         checks.choice("kinds", kind, KINDS)
-    if not levels:
-        raise ValueError("levels must name at least one augmentation level")
+    if not levels or not kinds:
+        raise ValueError("levels and kinds must each name at least one value")
+    if len(set(levels)) != len(levels) or len(set(kinds)) != len(kinds):
+        raise ValueError(f"levels and kinds must not repeat a value, got levels {list(levels)} and kinds {list(kinds)}")
     for level in levels:
         checks.integer("levels", level, 0, note=f"augmentation levels in [0, {sr.schedule.T})")
         if level >= sr.schedule.T:

@@ -239,8 +239,8 @@ class TrainingState:
                 generator: torch.Generator, draws: torch.Generator | None = None) -> None:
         """Load the weights, the optimizer's state and the RNG states into a run built for this model.
 
-        ``draws``, a run's device generator, continues from the saved one if the checkpoint has it; a run
-        written with host draws leaves it at its seed (a run moved to device draws starts that stream anew)."""
+        ``draws``, a run's device generator, continues from the saved one (the trainer first checks, with
+        ``fastpath.check_resume``, that the checkpoint drew on the same kind of device)."""
         load_state_strict(model, self.section("model/"), self.path)
         load_state_strict(ema, self.ema, self.path)
         state: dict[int, dict[str, torch.Tensor]] = {}
@@ -253,7 +253,7 @@ class TrainingState:
         groups[0]["params"] = list(range(len(list(model.parameters()))))
         optimizer.load_state_dict({"state": state, "param_groups": groups})
         generator.set_state(self.tensors["rng/generator"])
-        if draws is not None and "rng/draws" in self.tensors:
+        if draws is not None:
             draws.set_state(self.tensors["rng/draws"])
         torch.set_rng_state(self.tensors["rng/torch"])
 

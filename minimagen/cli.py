@@ -287,7 +287,7 @@ def evaluate_augmentation(args: argparse.Namespace) -> None:
         print(f"{args.stage}: {row['kind']:9s} s = {row['level']:3d}  " + "  ".join(
             f"{m} {row[m]:.4f} ± {row[m + '_se']:.4f}" for m in ("rmse_to_real", "kept", "downsample_error",
                                                                   "sharpness", "texture") if m in row))
-    out = write_sweep(rows, args.out, comment=args.command_line)
+    out = write_sweep(rows, args.out or f"data/results/{args.stage}_augmentation.csv", comment=args.command_line)
     figure = out.with_suffix(".png")
     plot_augmentation(rows, title=f"{args.weights or args.stage}: {args.n} scenes per point, ±1 standard error"
                       ).savefig(figure, dpi=120)
@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction", choices=["eps", "v"], default=None,
                    help="what the U-Net predicts (default: eps for the base stage, v for SR; see minimagen.diffusion)")
     p.add_argument("--workers", type=_non_negative_int, default=0, help="threads that render each batch (0: none)")
-    fast = p.add_argument_group("fast path (minimagen.fastpath; each off by default, each tested equal to the plain path)")
+    fast = p.add_argument_group("fast path (minimagen.fastpath; each off by default, each tested against the plain path)")
     fast.add_argument("--draws", choices=["host", "device"], default="host",
                       help="where t, eps, augmentation and caption dropout are drawn: host (the same run on any "
                            "device) or the training device (no CPU sampling or copy; reproducible per device type)")
@@ -555,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--texture-probe", default=str(SHIPPED_DIR / "texture_probe.safetensors"), metavar="PATH",
                    help="'none' leaves texture out")
-    p.add_argument("--out", default="data/results/sr256_augmentation.csv", help="CSV to write (the figure beside it)")
+    p.add_argument("--out", default=None,
+                   help="CSV to write, the figure beside it (default: data/results/<stage>_augmentation.csv)")
     _add_precision(p)
 
     actions = sub.add_parser("exercises", help="classroom exercises: write student versions, grade submissions")

@@ -68,7 +68,7 @@ def guided_model_fn(
             return cfg(conditional(x_t, t), unet(x_t, t, text, text_mask, text_drop=null, **unet_kwargs), w)
         return as_eps(two_passes, prediction, schedule)
 
-    def doubled(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def one_batch(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x_t.shape[0]
         drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x_t.device)
         kwargs = {k: torch.cat([v, v]) for k, v in unet_kwargs.items()}
@@ -83,7 +83,7 @@ def guided_model_fn(
         eps_cond, eps_uncond = eps.chunk(2)  # (B, C, H, W) each
         return cfg(eps_cond, eps_uncond, w)
 
-    return as_eps(doubled, prediction, schedule)
+    return as_eps(one_batch, prediction, schedule)
 
 
 def as_eps(model_fn: ModelFn, prediction: str, schedule) -> ModelFn:

@@ -377,6 +377,7 @@ class Trainer:
             "wall_time": self.wall_time,
             "train_config": dataclasses.asdict(self.config),
             "model_config": _model_config(self.model),
+            **fastpath.draws_record(self.config.draws, self.device),
             **self.extra_metadata,
         }
         path = self.checkpoint_path(self.step)
@@ -404,6 +405,7 @@ class Trainer:
                 f"checkpoint {str(path)!r} was written for a different model config: "
                 f"{state.meta.get('model_config')} vs {_model_config(self.model)}"
             )
+        fastpath.check_resume(state.meta, self.config.draws, self.device, path)
         state.restore(model=self.model, ema=self.ema, optimizer=self.optimizer, generator=self.generator,
                       draws=None if self.draws is self.generator else self.draws)
         fastpath.match_layouts(self.optimizer)  # a checkpoint keeps NCHW order; channels-last moments need NHWC

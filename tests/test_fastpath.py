@@ -40,12 +40,13 @@ def test_switches_train_the_same_weights_as_the_plain_path(tmp_path, switch):
     plain.fit(progress=False)
     fast = make_trainer(tmp_path / "fast", steps=4, text=True, **switch)
     fast.fit(progress=False)
+    assert len(plain.history) == len(fast.history) == 4
     for (_, a), (_, b) in zip(plain.history, fast.history):
         assert a == pytest.approx(b, rel=1e-4)
     assert_weights_close(weights(plain), weights(fast), atol=1e-5)
 
 
-def test_channels_last_puts_weights_and_images_in_nhwc_and_checkpoints_resume(tmp_path):
+def test_channels_last_puts_the_weights_in_nhwc_and_checkpoints_resume(tmp_path):
     fast = make_trainer(tmp_path / "run", steps=3, channels_last=True)
     conv = next(p for p in fast.model.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
@@ -128,6 +129,23 @@ def test_compiled_unet_gives_the_plain_loss_and_gradients(tmp_path):
     loss_c, grads_c = one_loss_and_grads(make_trainer(tmp_path / "b", steps=1, text=True, compile=True))
     assert loss_c == pytest.approx(loss, rel=1e-4)
     assert_weights_close(grads, grads_c, atol=1e-4)
+
+
+def test_device_draws_are_not_the_host_stream_replayed(tmp_path):
+    trainer = make_trainer(tmp_path / "run", steps=1, draws="device")
+    host = torch.Generator().manual_seed(7)  # the run's seed: what the batch indices are drawn from
+    assert not torch.equal(trainer.randint(64, 1000), torch.randint(1000, (64,), generator=host))
+
+
+def test_a_resume_with_other_draws_or_on_another_device_is_refused(tmp_path):
+    make_trainer(tmp_path / "run", steps=3).fit(progress=False)
+    with pytest.raises(ValueError, match="written with draws='host'; resume it with the same draws"):
+        make_trainer(tmp_path / "run", steps=6, draws="device").resume()
+    make_trainer(tmp_path / "dev", steps=3, draws="device").fit(progress=False)
+    with pytest.raises(ValueError, match="written with draws='device'"):
+        make_trainer(tmp_path / "dev", steps=6).resume()
+    with pytest.raises(ValueError, match="drew on 'NVIDIA H100', this run on 'cpu'"):
+        fastpath.check_resume({"draws": "device", "draws_device": "NVIDIA H100"}, "device", torch.device("cpu"), "x")
 
 
 def test_unknown_draws_is_a_clear_error():
