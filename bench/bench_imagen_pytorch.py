@@ -1,4 +1,4 @@
-"""minimagen against imagen-pytorch, side by side in one process on one torch: training images/s, peak memory,
+"""minimagen against imagen-pytorch, side by side in one run on one torch: training images/s, peak memory,
 model FLOPs per training step and, on a GPU, MFU; and seconds per guided sampling step.
 
 Runs in the environment `bash bench/imagen_pytorch_env.sh` makes (imagen-pytorch needs torchvision, which the
@@ -7,13 +7,16 @@ project's own CPU torch cannot have beside it):
     bench/.venv-imagen/bin/python bench/bench_imagen_pytorch.py                   # the CPU half, base-s
     bench/.venv-imagen/bin/python bench/bench_imagen_pytorch.py --device cuda --config base-s dim128
 
-Both libraries build the same U-Net (`CONFIGS`: width, levels, ResNet blocks per level, where self- and
-cross-attention sit, heads, conditioning width, the Efficient U-Net order) and train it on the same batch of
-64 px images with the same text embeddings passed in directly (24 tokens of width 384, MiniLM's shape), each
-through the trainer a user of that library runs: minimagen's `Trainer` and imagen-pytorch's `ImagenTrainer`
-(both: AdamW, EMA weights, caption dropout 10%, gradient clipping). What their options cannot make equal is
-listed in `DIFFERENCES` and printed; the FLOPs column shows how much arithmetic each step does, so a speed
-ratio can be told apart from a difference in work. Writes bench/results/imagen_pytorch_<device>.json.
+Both libraries build the same U-Net as far as imagen-pytorch's options allow (`CONFIGS` and `COMMON`: width,
+levels, ResNet blocks per level, where self- and cross-attention sit, heads, the width of the conditioning
+and of the text tokens, the Efficient U-Net order, nearest-neighbour upsampling, a skip from the stem to
+the output) and train it on the same batch of 64 px images with the same text embeddings passed in
+directly (24 tokens of width 384, MiniLM's shape), each through the trainer a user of that library runs:
+minimagen's `Trainer` and imagen-pytorch's `ImagenTrainer`, with the same learning rate, caption dropout
+(10%), gradient clipping and loss (plain MSE on eps). What their options cannot make equal is listed in
+`DIFFERENCES` and printed; the FLOPs column shows how much arithmetic each step does, so a speed ratio can
+be told apart from a difference in work. Each library runs in a fresh process of its own, so that peak
+memory is its own. Writes bench/results/imagen_pytorch_<device>.json.
 
 imagen-pytorch asks the model hub for T5's config when it is imported (a default argument calls
 `T5Config.from_pretrained`). Offline, this script answers that call with t5-v1_1-base's shape; the U-Nets
@@ -61,20 +64,22 @@ from minimagen.unet import PRESETS, UNet, UNetConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "imagen_pytorch_{device}.json"
 TOKENS, WIDTH = 24, 384
+_minimagen_models: list = []  # the U-Nets `ours` built, for the FLOP count's attention switch
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM parts
 
 # name -> (our UNetConfig, imagen-pytorch's Unet keyword arguments), the same network as far as both allow.
 CONFIGS = {
     # minimagen's shipped base U-Net (2.3 M parameters)
-    "base-s": (PRESETS["base-s"], dict(dim=32, dim_mults=(1, 2, 3), num_resnet_blocks=(1, 2, 2),
+    # (imagen-pytorch adds one cross-attention ResNet block to every level before its num_resnet_blocks)
+    "base-s": (PRESETS["base-s"], dict(dim=32, dim_mults=(1, 2, 3), num_resnet_blocks=(0, 1, 1), cond_dim=128,
                                        layer_attns=(False, False, True), layer_cross_attns=(False, True, True),
                                        attn_heads=4, attn_dim_head=24)),
-    # a GPU-size base: width 128 and four levels (100 M parameters in minimagen, 137 M in imagen-pytorch)
+    # a GPU-size base: width 128 and four levels
     "dim128": (UNetConfig(image_size=64, channels=128, channel_mults=(1, 2, 3, 4), blocks_per_level=(1, 2, 3, 4),
                               self_attention_levels=(False, False, True, True),
                               cross_attention_levels=(False, True, True, True), text_dim=WIDTH, num_heads=8,
                               skip_scale=2**-0.5, efficient_updown=True),
-                   dict(dim=128, dim_mults=(1, 2, 3, 4), num_resnet_blocks=(1, 2, 3, 4),
+                   dict(dim=128, dim_mults=(1, 2, 3, 4), num_resnet_blocks=(0, 1, 2, 3), cond_dim=512,
                         layer_attns=(False, False, True, True), layer_cross_attns=(False, True, True, True),
                         attn_heads=8, attn_dim_head=64)),
 }
@@ -82,16 +87,23 @@ CONFIGS = {
 COMMON = dict(text_embed_dim=WIDTH, max_text_len=TOKENS, memory_efficient=True, init_cross_embed=False,
               init_conv_kernel_size=3, use_global_context_attn=False, attn_pool_text=False,
               layer_attns_add_text_cond=False, scale_skip_connection=True, final_resnet_block=True,
-              attend_at_middle=True)
+              attend_at_middle=True, pixel_shuffle_upsample=False, init_conv_to_final_conv_residual=True)
 DIFFERENCES = [
-    "conditioning width: imagen-pytorch's is 4 x dim by default like minimagen's, but it adds 4 image tokens and "
-    "2 time tokens to the text it attends to (num_image_tokens, num_time_tokens), which minimagen does not have",
-    "attention: imagen-pytorch's transformer blocks have a feed-forward layer (ff_mult 2) after self-attention; "
-    "minimagen's attention blocks do not",
-    "upsampling: imagen-pytorch uses pixel shuffle; minimagen nearest-neighbour then a convolution",
-    "loss: imagen-pytorch weights it by min-SNR (gamma 5) and predicts eps; minimagen's base predicts v, unweighted",
-    "EMA: imagen-pytorch's (ema-pytorch) updates every 10 steps after 100; minimagen's every step",
-    "imagen-pytorch's ImagenTrainer runs under HuggingFace accelerate; minimagen's Trainer calls torch directly",
+    "blocks: imagen-pytorch's levels open with a ResNet block that cross-attends to the text, and it keeps a skip "
+    "per block; minimagen cross-attends after a level's blocks and keeps one skip per level",
+    "attention: imagen-pytorch's transformer blocks add a feed-forward layer (ff_mult 2) after self-attention, its "
+    "cross-attention has a single key/value head, both middle blocks cross-attend, and its last block has "
+    "global-context attention; minimagen's attention blocks have none of these",
+    "downsampling: imagen-pytorch folds 2x2 pixels into channels and mixes them with a 1x1 convolution; minimagen "
+    "uses a strided 3x3 convolution",
+    "optimiser: imagen-pytorch's ImagenTrainer runs Adam (betas 0.9, 0.99, no weight decay) under HuggingFace "
+    "accelerate; minimagen's Trainer AdamW (betas 0.9, 0.999, weight decay 0) directly",
+    "EMA: imagen-pytorch's (ema-pytorch) updates every 10 steps after the first 100; minimagen's every step",
+    "on a GPU minimagen runs its fast path (device draws, channels-last, fused AdamW), which imagen-pytorch has no "
+    "options for; on a CPU both run their plain paths",
+    "guided sampling: imagen-pytorch runs the conditional and unconditional passes one after the other (timed "
+    "without its parallel-component removal); minimagen runs them as one doubled batch (its two-pass time is in "
+    "the JSON as guided_step_two_passes_s)",
 ]
 
 
@@ -175,21 +187,31 @@ def step_flops(step) -> int:
 def ours(config: UNetConfig, batch: int, device, precision: str, out: str):
     torch.manual_seed(0)
     model = UNet(config)
-    train = TrainConfig(steps=10**6, batch_size=batch, warmup_steps=1, checkpoint_every=0, log_every=10**6,
-                        precision=precision, draws="device" if device.type == "cuda" else "host",
+    train = TrainConfig(steps=10**6, batch_size=batch, lr=3e-4, warmup_steps=1, checkpoint_every=0,
+                        log_every=10**6, precision=precision, draws="device" if device.type == "cuda" else "host",
                         fused_adamw=device.type == "cuda", channels_last=device.type == "cuda")
     trainer = Trainer(model, Images(4 * batch, config.image_size), NoiseSchedule.cosine(1000), train, out,
                       text_encoder=FixedText(device), device=device)
+    _minimagen_models[:] = [trainer.model, trainer.ema]
     text, mask = FixedText(device).encode(["a"] * batch)
     guided = guided_model_fn(trainer.ema, text, mask, w=3.0, schedule=trainer.schedule)
-    return model.num_parameters(), trainer.train_step, guided
+    two_passes = guided_model_fn(trainer.ema, text, mask, w=3.0, schedule=trainer.schedule, doubled=False)
+    return model.num_parameters(), trainer.train_step, guided, two_passes
+
+
+def attention_impl(module: torch.nn.Module, impl: str) -> None:
+    """Switch minimagen's attention layers between PyTorch's fused kernel and the written-out formula: the
+    FLOP counter has no formula for the fused CPU kernel and would count its attention as free."""
+    for m in module.modules():
+        if hasattr(m, "impl"):
+            m.impl = impl
 
 
 def theirs(kwargs: dict, size: int, batch: int, device, precision: str):
     torch.manual_seed(0)
     unet = Unet(**COMMON, **kwargs)
     imagen = Imagen(unets=(unet,), image_sizes=(size,), timesteps=1000, text_embed_dim=WIDTH, cond_drop_prob=0.1,
-                    auto_normalize_img=False)
+                    auto_normalize_img=False, min_snr_loss_weight=False)
     trainer = ImagenTrainer(imagen, lr=3e-4, max_grad_norm=1.0, verbose=False,
                             precision="bf16" if precision == "bf16" else None,
                             accelerate_cpu=device.type == "cpu")
@@ -203,9 +225,10 @@ def theirs(kwargs: dict, size: int, batch: int, device, precision: str):
     t = torch.full((batch,), 0.5, device=device)  # imagen-pytorch's continuous time
 
     def guided(x, _):
-        return unet.forward_with_cond_scale(x, t, text_embeds=text, text_mask=mask, cond_scale=3.0)
+        return unet.forward_with_cond_scale(x, t, text_embeds=text, text_mask=mask, cond_scale=3.0,
+                                            remove_parallel_component=False)
 
-    return sum(p.numel() for p in unet.parameters()), step, guided
+    return sum(p.numel() for p in unet.parameters()), step, guided, None
 
 
 def measure(library: str, config_name: str, batch: int, device: str, precision: str, warmup: int, steps: int,
@@ -219,19 +242,24 @@ def measure(library: str, config_name: str, batch: int, device: str, precision: 
     size = ours_config.image_size
     with tempfile.TemporaryDirectory() as out:
         if library == "minimagen":
-            params, step, guided = ours(ours_config, batch, device, precision, out)
+            params, step, guided, two_passes = ours(ours_config, batch, device, precision, out)
         else:
-            params, step, guided = theirs(their_kwargs, size, batch, device, precision)
+            params, step, guided, two_passes = theirs(their_kwargs, size, batch, device, precision)
         with Memory(device) as memory:
             step_s = timed(step, device, warmup, steps)
+        if library == "minimagen":
+            attention_impl(torch.nn.ModuleList(_minimagen_models), "manual")
         flops = step_flops(step)
+        if library == "minimagen":
+            attention_impl(torch.nn.ModuleList(_minimagen_models), "sdpa")
         x = torch.randn(batch, 3, size, size, device=device)
         t = torch.full((batch,), 500, device=device)
         with torch.no_grad():
             guided_s = timed(lambda: guided(x, t), device, 1, steps)
+            two_s = timed(lambda: two_passes(x, t), device, 1, steps) if two_passes else None
     return {"library": library, "config": config_name, "batch": batch, "size": size, "parameters": params,
             "images_per_s": batch / step_s, "step_s": step_s, "peak_memory_bytes": memory.peak,
-            "train_flops_per_step": flops, "guided_step_s": guided_s}
+            "train_flops_per_step": flops, "guided_step_s": guided_s, "guided_step_two_passes_s": two_s}
 
 
 def in_child(*args) -> dict:

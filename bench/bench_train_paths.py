@@ -135,7 +135,8 @@ def time_encoding(batch: int, repeats: int) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="base-s", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="base-s", choices=sorted(p for p in PRESETS if p.startswith("base")),
+                        help="a base U-Net preset (the SR presets need a low-resolution input)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu")

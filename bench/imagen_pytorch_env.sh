@@ -4,7 +4,7 @@
 # A separate environment because imagen-pytorch requires torchvision, and PyPI's torchvision does not run
 # beside the CPU build of torch 2.13 that the project's own .venv holds; torch 2.14.1 with torchvision
 # 0.29.1 (a CUDA build, ~5.5 GB, which also runs on a CPU) does. minimagen is installed into it as well,
-# so both libraries run on the same torch in the same process. Nothing here downloads a model.
+# so both libraries run on the same torch, in one run of the benchmark. Nothing here downloads a model.
 #
 #     bash bench/imagen_pytorch_env.sh          # then: bench/.venv-imagen/bin/python bench/bench_imagen_pytorch.py
 set -euo pipefail
