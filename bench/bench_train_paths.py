@@ -8,7 +8,8 @@ encoding it again. Writes bench/results/train_paths_<device>.json.
 
 The data are random images held in memory and the text fixed embeddings (MiniLM's shape), so the figures are
 the U-Net step's and not the renderer's. Each configuration runs --warmup steps (compilation happens there),
-then --steps timed ones; the median step is reported. torch.compile's one-off cost is printed separately.
+then --rounds rounds of --steps timed ones that take the configurations in turn (so a drift of the machine's
+speed falls on all alike); the median step is reported. torch.compile's one-off cost is the warm-up column.
 """
 
 from __future__ import annotations
@@ -67,49 +68,55 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_training(preset: str, size: int, batch: int, device: torch.device, warmup: int, steps: int,
-                  **switches) -> dict:
+def build_trainer(preset: str, size: int, batch: int, device: torch.device, out: str, **switches) -> Trainer:
     config = dataclasses.replace(PRESETS[preset], image_size=size)
     torch.manual_seed(0)
-    model = UNet(config)
-    train = TrainConfig(steps=warmup + steps, batch_size=batch, warmup_steps=1, checkpoint_every=0,
-                        log_every=10**6, **switches)
-    with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(model, Images(4 * batch, size), NoiseSchedule.cosine(1000), train, out,
-                          text_encoder=FixedText(device), device=device)
+    train = TrainConfig(steps=10**6, batch_size=batch, warmup_steps=1, checkpoint_every=0, log_every=10**6,
+                        **switches)
+    return Trainer(UNet(config), Images(4 * batch, size), NoiseSchedule.cosine(1000), train, out,
+                   text_encoder=FixedText(device), device=device)
+
+
+def time_steps(step, device: torch.device, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        sync(device)
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_interleaved(steps: dict, device: torch.device, warmup: int, n: int, rounds: int) -> dict:
+    """Median seconds per call of each of ``steps`` (name -> callable), after ``warmup`` calls each, timed in
+    ``rounds`` rounds of ``n`` calls that take the configurations in turn, so that a drift of the machine's
+    speed (clock, other load) falls on all of them alike. Also the one-off warm-up time of each."""
+    warm = {}
+    for name, step in steps.items():
         sync(device)
         start = time.perf_counter()
         for _ in range(warmup):
-            trainer.train_step()
+            step()
         sync(device)
-        warm = time.perf_counter() - start
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            trainer.train_step()
-            sync(device)
-            times.append(time.perf_counter() - start)
-    step = statistics.median(times)
-    return {"images_per_s": batch / step, "step_s": step, "warmup_s": warm, "parameters": model.num_parameters()}
+        warm[name] = time.perf_counter() - start
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name] += time_steps(step, device, n)
+    return {name: (statistics.median(t), warm[name]) for name, t in times.items()}
 
 
-@torch.no_grad()
-def time_guided_step(preset: str, size: int, batch: int, device: torch.device, repeats: int, doubled: bool) -> float:
+def guided_steps(preset: str, size: int, batch: int, device: torch.device) -> dict:
+    """One guided (w = 3) U-Net evaluation at batch ``batch``: as one doubled batch and as two passes."""
     torch.manual_seed(0)
     model = UNet(dataclasses.replace(PRESETS[preset], image_size=size)).to(device).eval()
     text, mask = FixedText(device).encode(["a"] * batch)
-    fn = guided_model_fn(model, text, mask, w=3.0, doubled=doubled)
     x = torch.randn(batch, 3, size, size, device=device)
     t = torch.full((batch,), 500, device=device)
-    fn(x, t)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn(x, t)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    fns = {name: guided_model_fn(model, text, mask, w=3.0, doubled=doubled)
+           for name, doubled in (("doubled", True), ("two_passes", False))}
+    return {name: (lambda fn=fn: torch.no_grad()(fn)(x, t)) for name, fn in fns.items()}
 
 
 def time_encoding(batch: int, repeats: int) -> dict | None:
@@ -140,12 +147,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (median reported)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration and round")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds taking the configurations in turn")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (torch.compile compiles here)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
-    for name in ("size", "batch", "steps", "warmup"):
+    for name in ("size", "batch", "steps", "warmup", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.threads:
@@ -166,20 +174,24 @@ def main() -> None:
     rows.append(("all of the above", everything))
 
     print(f"training {args.preset} at {args.size} px, batch {args.batch}, on {device} "
-          f"({torch.get_num_threads()} threads, torch {torch.__version__}); precision fp32 unless the row says")
+          f"({torch.get_num_threads()} threads, torch {torch.__version__}); precision fp32 unless the row says; "
+          f"median of {args.rounds} x {args.steps} interleaved steps")
+    with tempfile.TemporaryDirectory() as out:
+        trainers = {name: build_trainer(args.preset, args.size, args.batch, device, out,
+                                        **{"precision": "fp32", **switches}) for name, switches in rows}
+        timed = time_interleaved({name: t.train_step for name, t in trainers.items()}, device, args.warmup,
+                                 args.steps, args.rounds)
     print(f"{'path':<22} {'images/s':>9} {'x plain':>8} {'warm-up s':>10}")
     results = []
     for name, switches in rows:
-        if "precision" not in switches:
-            switches = {"precision": "fp32", **switches}
-        r = time_training(args.preset, args.size, args.batch, device, args.warmup, args.steps, **switches)
-        r.update(path=name, switches=switches)
-        results.append(r)
-        print(f"{name:<22} {r['images_per_s']:>9.1f} {r['images_per_s'] / results[0]['images_per_s']:>7.2f}x"
-              f" {r['warmup_s']:>10.1f}")
+        step, warm = timed[name]
+        results.append({"path": name, "switches": {"precision": "fp32", **switches}, "images_per_s": args.batch / step,
+                        "step_s": step, "warmup_s": warm})
+        print(f"{name:<22} {args.batch / step:>9.1f} {timed['plain'][0] / step:>7.2f}x {warm:>10.1f}")
 
-    two = time_guided_step(args.preset, args.size, args.batch, device, args.steps, doubled=False)
-    one = time_guided_step(args.preset, args.size, args.batch, device, args.steps, doubled=True)
+    guided = time_interleaved(guided_steps(args.preset, args.size, args.batch, device), device, 2, args.steps,
+                              args.rounds)
+    one, two = guided["doubled"][0], guided["two_passes"][0]
     print(f"guided sampling step (w = 3, batch {args.batch}): two passes {two * 1e3:.1f} ms, "
           f"one doubled batch {one * 1e3:.1f} ms ({two / one:.2f}x)")
     encoding = time_encoding(args.batch, args.steps)
@@ -190,7 +202,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     record = {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "preset": args.preset, "size": args.size, "batch": args.batch,
-              "steps": args.steps, "warmup": args.warmup, "training": results,
+              "steps": args.steps, "rounds": args.rounds, "warmup": args.warmup, "training": results,
               "guided_step_s": {"two_passes": two, "doubled": one}, "encoding": encoding}
     path = Path(str(RESULTS).format(device=device.type))
     path.parent.mkdir(parents=True, exist_ok=True)
