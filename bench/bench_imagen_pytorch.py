@@ -57,13 +57,14 @@ transformers.T5Config.from_pretrained = classmethod(_offline_t5_config)
 import imagen_pytorch  # noqa: E402  (after the offline T5 answer)
 from imagen_pytorch import Imagen, ImagenTrainer, Unet  # noqa: E402
 
+from bench_train_paths import TOKENS, WIDTH, FixedText, Images  # noqa: E402  (the same data stand-ins as the fast-path bench)
 from minimagen.guidance import guided_model_fn  # noqa: E402
 from minimagen.schedules import NoiseSchedule  # noqa: E402
 from minimagen.train import TrainConfig, Trainer  # noqa: E402
 from minimagen.unet import PRESETS, UNet, UNetConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "imagen_pytorch_{device}.json"
-TOKENS, WIDTH = 24, 384
+
 _minimagen_models: list = []  # the U-Nets `ours` built, for the FLOP count's attention switch
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM parts
 
@@ -105,32 +106,6 @@ DIFFERENCES = [
     "without its parallel-component removal); minimagen runs them as one doubled batch (its two-pass time is in "
     "the JSON as guided_step_two_passes_s)",
 ]
-
-
-class Images:
-    def __init__(self, n: int, size: int):
-        self.images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        self.captions = [f"scene {i}" for i in range(n)]
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i], self.captions[i]
-
-
-class FixedText:
-    """Text embeddings passed in directly: one fixed tensor per caption batch, on the device."""
-
-    name, max_length, dim = "fixed", TOKENS, WIDTH
-
-    def __init__(self, device):
-        self.device = device
-
-    def encode(self, prompts):
-        g = torch.Generator().manual_seed(len(prompts))
-        text = torch.randn(len(prompts), TOKENS, WIDTH, generator=g).to(self.device)
-        return text, torch.ones(len(prompts), TOKENS, dtype=torch.bool, device=self.device)
 
 
 def sync(device):

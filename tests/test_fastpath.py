@@ -5,13 +5,9 @@ import pytest
 import torch
 
 from minimagen import fastpath
-from minimagen.cascade import SuperResolutionPairs, SuperResolutionTrainer
-from minimagen.schedules import NoiseSchedule
 from minimagen.train import TrainConfig
-from minimagen.unet import UNet, UNetConfig
 
-from fakes import FakeTextEncoder
-from test_train import make_trainer
+from test_train import make_trainer, sr_trainer as make_sr_trainer
 
 
 def weights(trainer):
@@ -103,15 +99,7 @@ def test_device_draws_match_the_distributions_of_host_draws(tmp_path):
 
 def test_sr_stage_with_device_draws_resumes_exactly(tmp_path):
     def sr_trainer(out_dir, steps):
-        torch.manual_seed(0)
-        encoder = FakeTextEncoder()
-        model = UNet(UNetConfig(image_size=16, channels=16, channel_mults=(1, 2), blocks_per_level=(1, 1),
-                                self_attention_levels=(False, False), cross_attention_levels=(False, True),
-                                text_dim=encoder.dim, num_heads=2, lowres_channels=3, aug_level_conditioning=True))
-        pairs = SuperResolutionPairs(low_size=8, high_size=32, crop=16, length=64, seed=1, max_objects=1)
-        config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, log_every=1, checkpoint_every=2,
-                             max_aug_level=50, seed=3, draws="device", channels_last=True, fused_adamw=True)
-        return SuperResolutionTrainer(model, pairs, NoiseSchedule.linear(100), config, out_dir, text_encoder=encoder)
+        return make_sr_trainer(out_dir, steps, draws="device", channels_last=True, fused_adamw=True)
 
     full = sr_trainer(tmp_path / "full", 4)
     full.fit(progress=False)

@@ -42,6 +42,19 @@ def make_trainer(out_dir, steps, text=False, parallel=None, **overrides) -> Trai
     return Trainer(model, data, NoiseSchedule.linear(100), config, out_dir, text_encoder=encoder, parallel=parallel)
 
 
+def sr_trainer(out_dir, steps, **overrides) -> SuperResolutionTrainer:
+    """A tiny 8 -> 32 px SR stage on 16 px crops (``overrides``: TrainConfig fields)."""
+    torch.manual_seed(0)
+    encoder = FakeTextEncoder()
+    model = UNet(UNetConfig(image_size=16, channels=16, channel_mults=(1, 2), blocks_per_level=(1, 1),
+                            self_attention_levels=(False, False), cross_attention_levels=(False, True),
+                            text_dim=encoder.dim, num_heads=2, lowres_channels=3, aug_level_conditioning=True))
+    pairs = SuperResolutionPairs(low_size=8, high_size=32, crop=16, length=64, seed=1, max_objects=1)
+    config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, log_every=1, checkpoint_every=2,
+                         max_aug_level=50, seed=3, **overrides)
+    return SuperResolutionTrainer(model, pairs, NoiseSchedule.linear(100), config, out_dir, text_encoder=encoder)
+
+
 @pytest.mark.parametrize("text", [False, True])
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, text):
     full = make_trainer(tmp_path / "full", steps=6, text=text)
@@ -189,17 +202,6 @@ def test_periodic_sample_grids(tmp_path, text):
 
 
 def test_super_resolution_stage_trains_resumes_and_samples(tmp_path):
-
-    def sr_trainer(out_dir, steps):
-        torch.manual_seed(0)
-        encoder = FakeTextEncoder()
-        model = UNet(UNetConfig(image_size=16, channels=16, channel_mults=(1, 2), blocks_per_level=(1, 1),
-                                self_attention_levels=(False, False), cross_attention_levels=(False, True),
-                                text_dim=encoder.dim, num_heads=2, lowres_channels=3, aug_level_conditioning=True))
-        pairs = SuperResolutionPairs(low_size=8, high_size=32, crop=16, length=64, seed=1, max_objects=1)
-        config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, log_every=1, checkpoint_every=2,
-                             max_aug_level=50, seed=3)
-        return SuperResolutionTrainer(model, pairs, NoiseSchedule.linear(100), config, out_dir, text_encoder=encoder)
 
     full = sr_trainer(tmp_path / "full", 4)
     full.fit(progress=False)
