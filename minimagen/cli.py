@@ -250,12 +250,18 @@ def evaluate_sweep(args: argparse.Namespace) -> None:
     print(f"eval: {len(rows)} settings, {wall:.0f} s of sampling; wrote {out}, {per_image_path(out)} and {figure}")
 
 
-def evaluate_sr(args: argparse.Namespace) -> None:
-    """``eval sr``: one SR stage against bicubic upsampling and the real renders, written as JSON."""
+def _sr_cascade(args: argparse.Namespace):
+    """The cascade an SR evaluation measures (``--weights`` in place of ``--stage``) and its texture probe."""
     imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
     if args.weights:
         imagen = imagen.replace_stage(args.stage, args.weights)
     texture = load_texture_probe(args.texture_probe) if args.texture_probe != "none" else None
+    return imagen, texture
+
+
+def evaluate_sr(args: argparse.Namespace) -> None:
+    """``eval sr``: one SR stage against bicubic upsampling and the real renders, written as JSON."""
+    imagen, texture = _sr_cascade(args)
     result = sr_quality(imagen, args.stage, n=args.n, steps=args.steps, guidance=args.guidance, eta=args.eta,
                         aug_level=args.aug_level, seed=args.seed, batch_size=args.batch_size, device=args.device,
                         precision=args.precision, threshold=args.threshold, progress=not args.quiet,
@@ -275,10 +281,7 @@ def evaluate_sr(args: argparse.Namespace) -> None:
 def evaluate_augmentation(args: argparse.Namespace) -> None:
     """``eval augmentation``: one SR stage on clean, grainy, blotchy and generated inputs at several
     augmentation levels (``minimagen.augmentation``), written as CSV with a figure."""
-    imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
-    if args.weights:
-        imagen = imagen.replace_stage(args.stage, args.weights)
-    texture = load_texture_probe(args.texture_probe) if args.texture_probe != "none" else None
+    imagen, texture = _sr_cascade(args)
     rows = augmentation_sweep(imagen, args.stage, levels=args.levels, kinds=args.kinds, n=args.n, steps=args.steps,
                               guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, device=args.device,
                               precision=args.precision, texture_probe=texture, base_guidance=args.base_guidance,
