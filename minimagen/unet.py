@@ -49,6 +49,9 @@ class UNetConfig:
     # 1/patch_size of the image's side (patch_size^2 fewer positions). For large SR stages, whose work is
     # mostly per-pixel detail around content the low-res input already fixes.
     patch_size: int = 1
+    # A patched U-Net ends at full resolution: its last features, unfolded to patch_head channels per pixel,
+    # meet x_t and lowres pixel for pixel in a small conditioned head (``PatchHead``). Unused when patch_size is 1.
+    patch_head: int = 8
     # A text model trained with the U-Net (lesson 12): "bow" (a vector per token) or "transformer" (GLIDE's
     # way, text.TokenTransformer) turns token ids [B, L] into the text_dim-wide tokens; None: the text comes
     # encoded, by a frozen encoder. text_vocab: how many token ids there are; text_layers and
@@ -59,9 +62,9 @@ class UNetConfig:
     text_max_length: int = 0
 
     def __post_init__(self):
-        if self.patch_size > 1 and self.in_channels != self.out_channels:
-            raise ValueError(f"UNetConfig.patch_size > 1 needs out_channels == in_channels (x_t reaches the output), "
-                             f"got {self.in_channels} and {self.out_channels}")
+        if self.patch_size > 1 and (self.patch_head < 1 or self.patch_head % min(self.groups, self.patch_head)):
+            raise ValueError(f"UNetConfig.patch_head must be a positive width (a multiple of groups={self.groups}, "
+                             f"or fewer) for patch_size > 1, got {self.patch_head}")
         # JSON gives lists back; the config keeps tuples so that it stays hashable and comparable.
         for name in ("channel_mults", "blocks_per_level", "self_attention_levels", "cross_attention_levels"):
             object.__setattr__(self, name, tuple(getattr(self, name)))  # frozen: set once, here
@@ -158,9 +161,10 @@ PRESETS: dict[str, UNetConfig] = {
         text_dim=384, skip_scale=2**-0.5, efficient_updown=True,
         lowres_channels=3, aug_level_conditioning=True, prediction="v",
     ),
-    # sr-xs's layout on 4x4 patches, twice as wide so that each position can describe the 48 numbers of
-    # its patch: 1/16 of the positions at every level, for a 256 -> 1024 stage (a trial, not shipped;
-    # `python bench/bench_cascade.py --random-weights --sr1024 sr-p4` times it in the cascade).
+    # sr-xs's layout on 4x4 patches, twice as wide: 1/16 of the positions at every level, for a 256 -> 1024
+    # stage, ending in an 8-wide PatchHead at full resolution (which removes x_t's per-pixel noise near t = 0:
+    # without it, a trial left a third to three quarters of that noise in x0-hat at t <= 40, and grain in the
+    # samples). `python bench/bench_cascade.py --random-weights --sr1024 sr-p4` times it in the cascade.
     "sr-p4": UNetConfig(
         image_size=256, channels=32, channel_mults=(1, 2, 4), blocks_per_level=(1, 1, 2),
         self_attention_levels=(False, False, False), cross_attention_levels=(False, False, True),
@@ -333,6 +337,26 @@ class Level(nn.Module):
         return h
 
 
+class PatchHead(nn.Module):
+    """The full-resolution end of a patched U-Net: a 3x3 convolution over the unfolded features and the input
+    pixels (x_t, lowres), normalised and scaled and shifted from the conditioning like a ResBlock, then a
+    3x3 convolution to the prediction (zero at initialisation). Per pixel it costs about
+    9 * (width + pixels) * width + 9 * width * out multiply-adds: ~1.2 k at width 8, against the ~9 k of an
+    unpatched U-Net's full-resolution stem, top block and output."""
+
+    def __init__(self, width: int, pixels: int, out_channels: int, cond_dim: int, groups: int):
+        super().__init__()
+        self.conv = nn.Conv2d(width + pixels, width, 3, padding=1)
+        self.norm = nn.GroupNorm(groups, width)
+        self.cond_proj = nn.Linear(cond_dim, 2 * width)
+        self.out = zero_init(nn.Conv2d(width, out_channels, 3, padding=1))
+
+    def forward(self, features: torch.Tensor, pixels: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv(torch.cat([features, pixels], dim=1))  # (B, width, H, W)
+        scale, shift = self.cond_proj(F.silu(cond))[:, :, None, None].chunk(2, dim=1)  # 2 x (B, width, 1, 1)
+        return self.out(F.silu(self.norm(h) * (1 + scale) + shift))  # (B, out_channels, H, W)
+
+
 class UNet(nn.Module):
     """eps_theta(x_t, t, text [, lowres, aug_level]) for the whole cascade; see the module docstring.
 
@@ -399,15 +423,19 @@ class UNet(nn.Module):
             # is nearly x_t itself): one ResBlock at full resolution sees the stem's features through a skip.
             self.top = ResBlock(ch + c.channels, c.channels, cond_dim, c.groups, c.dropout)
             ch = c.channels
-        self.out = nn.Sequential(nn.GroupNorm(c.groups, ch), nn.SiLU(),
-                                 zero_init(nn.Conv2d(ch, c.out_channels * p2, 3, padding=1)))  # untrained: eps = 0
-        self.patch_skip = None
+        self.head = None
         if c.patch_size > 1:
-            # A patch's c.channels features cannot carry the in_channels * p^2 values of x_t in it, yet near
-            # t = 0 the prediction is mostly x_t's own noise, pixel by pixel: v = (sqrt(a) x_t - x0) / sqrt(1 - a).
-            # So x_t also reaches the output directly, scaled per output value by a gain learned from t
-            # (and the other conditioning); zero at initialisation, like the output layer.
-            self.patch_skip = zero_init(nn.Linear(cond_dim, c.out_channels * p2))
+            # A position's c.channels features cannot carry the (in + lowres) * p^2 values of its patch, yet
+            # near t = 0 the prediction is x_t's own noise, pixel by pixel. So the last features are unfolded
+            # to patch_head channels per pixel and a small head at full resolution, which sees x_t and lowres
+            # pixel for pixel, makes the prediction.
+            self.out = nn.Sequential(nn.GroupNorm(c.groups, ch), nn.SiLU(),
+                                     nn.Conv2d(ch, c.patch_head * p2, 3, padding=1))
+            self.head = PatchHead(c.patch_head, c.in_channels + c.lowres_channels, c.out_channels, cond_dim,
+                                  min(c.groups, c.patch_head))
+        else:
+            self.out = nn.Sequential(nn.GroupNorm(c.groups, ch), nn.SiLU(),
+                                     zero_init(nn.Conv2d(ch, c.out_channels, 3, padding=1)))  # untrained: eps = 0
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None, *, lowres: torch.Tensor | None = None,
@@ -431,9 +459,9 @@ class UNet(nn.Module):
             tokens, mask = self.project_text(x_t.shape[0], text, text_mask, text_drop)  # (B, L, cond_dim)
             cond = cond + self.pool_proj(pooled(tokens, mask))  # (B, cond_dim): mean of the real tokens
 
-        h = x_t if lowres is None else torch.cat([x_t, lowres], dim=1)  # (B, in + lowres channels, H, W), SR3
+        pixels = h = x_t if lowres is None else torch.cat([x_t, lowres], dim=1)  # (B, in + lowres, H, W): SR3
         if c.patch_size > 1:
-            h = patches = F.pixel_unshuffle(h, c.patch_size)  # (B, channels * p^2, H/p, W/p): one position per patch
+            h = F.pixel_unshuffle(h, c.patch_size)  # (B, channels * p^2, H/p, W/p): one position per patch
         h = stem = self.stem(h)  # (B, channels, H/p, W/p)
         skips = []
         for level, down in zip(self.down_levels, self.downsamples):
@@ -452,12 +480,10 @@ class UNet(nn.Module):
             h = self.upsamples[i](h)  # (B, C_level, 2H, 2W), or unchanged at the top
         if self.top is not None:
             h = self.top(torch.cat([h, stem * c.skip_scale], dim=1), cond)  # (B, channels, H/p, W/p)
-        out = self.out(h)  # (B, out_channels * p^2, H/p, W/p)
-        if self.patch_skip is None:
-            return out  # (B, out_channels, H, W)
-        x_patches = patches[:, : c.in_channels * c.patch_size**2]  # x_t's share of the folded input, same layout
-        out = out + self.patch_skip(cond)[:, :, None, None] * x_patches
-        return F.pixel_shuffle(out, c.patch_size)  # (B, out_channels, H, W)
+        if self.head is None:
+            return self.out(h)  # (B, out_channels, H, W)
+        features = F.pixel_shuffle(self.out(h), c.patch_size)  # (B, patch_head, H, W)
+        return self.head(features, pixels, cond)  # (B, out_channels, H, W)
 
     def project_text(self, batch, text, text_mask, text_drop):
         """Project the encoder's tokens to cond_dim; swap in the null token where there is no caption."""

@@ -171,14 +171,22 @@ def test_patched_unet_runs_every_level_at_a_patch_of_the_size():
     assert model(torch.randn(1, 3, 48, 40), torch.tensor([5]), lowres=torch.randn(1, 3, 48, 40)).shape[-2:] == (48, 40)
     with pytest.raises(ValueError, match="divisible by 8"):
         model(torch.randn(1, 3, 36, 32), torch.tensor([5]), lowres=torch.randn(1, 3, 36, 32))
-    # x_t reaches the output pixel for pixel through the gain from t: with the rest of the output at zero (as
-    # initialised) and a gain of 1, the U-Net returns x_t itself, so the folding and unfolding line up.
-    fresh = UNet(config).eval()
+    # The head sees x_t pixel for pixel: with the folded U-Net's features silenced (its last convolution
+    # zeroed), a change of one pixel of x_t changes the output exactly inside the 5 x 5 window of the head's
+    # two 3x3 convolutions around it; elsewhere only through the head's GroupNorm statistics (a mean over all
+    # pixels), a hundredth of that at most.
+    fresh = perturbed(config)
     with torch.no_grad():
-        fresh.patch_skip.bias.fill_(1.0)
-        torch.testing.assert_close(fresh(x, torch.tensor([5, 500]), lowres=torch.randn_like(x)), x)
-    with pytest.raises(ValueError, match="out_channels"):
-        tiny(64, text=False, efficient_updown=True, patch_size=2, out_channels=6)
+        fresh.out[-1].weight.zero_()
+        x2 = x.clone()
+        x2[:, :, 21, 42] += 1.0
+        t, low = torch.tensor([5, 500]), torch.randn_like(x)
+        change = (fresh(x2, t, lowres=low) - fresh(x, t, lowres=low)).abs().amax(dim=(0, 1))  # (H, W)
+    window = torch.zeros_like(change, dtype=torch.bool)
+    window[19:24, 40:45] = True
+    assert change[window].amin() > 0 and change[~window].amax() < change[window].amax() / 100
+    with pytest.raises(ValueError, match="patch_head"):
+        tiny(64, text=False, efficient_updown=True, patch_size=2, patch_head=0)
     # A config written before patch_size existed loads as an unpatched U-Net.
     d = config.to_dict()
     del d["patch_size"]
