@@ -25,8 +25,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from minimagen import checks
-from minimagen.checkpoint import atomic_write_bytes, load_unet, save_weights
-from minimagen.data import ALL_COLOUR_SHAPES, HELD_OUT_COLOUR_SHAPES, TEXTURES, Shapes
+from minimagen.checkpoint import atomic_write_bytes, load_unet, read_weights, save_weights
+from minimagen.data import (ALL_COLOUR_SHAPES, HELD_OUT_COLOUR_SHAPES, OPENMOJI_ATTRIBUTION, TEXTURES, ImageCaptionFolder,
+                            OpenMoji, Shapes)
 from minimagen.guidance import guided_model_fn
 from minimagen.samplers import ddim_sample
 from minimagen.schedules import NoiseSchedule, schedule_from_spec
@@ -105,6 +106,37 @@ class SuperResolutionPairs(Dataset):
                 low[:, y // f : (y + c) // f, x // f : (x + c) // f], caption)  # (3, crop/f, crop/f)
 
 
+class DownsampledPairs(Dataset):
+    """Aligned (high-res, low-res, caption) views of any captioned images, for training an SR stage on data
+    other than Shapes (``ImageCaptionFolder``, ``OpenMoji``): ``images`` gives each image at ``high_size``,
+    and the low-res view is that image area-averaged down to ``low_size`` (what a renderer at the lower size
+    would draw, and what a base model learns to make). ``crop`` cuts windows the way ``SuperResolutionPairs``
+    does, drawn deterministically from ``(seed, index)``."""
+
+    def __init__(self, images: Dataset, low_size: int, high_size: int, crop: int | None = None, seed: int = 0) -> None:
+        if high_size <= low_size or high_size % low_size:
+            raise ValueError(f"high_size ({high_size}) must be a multiple of low_size ({low_size}) and larger")
+        factor = high_size // low_size
+        if crop is not None and (crop > high_size or crop % factor or crop < factor):
+            raise ValueError(f"crop must be a multiple of {factor} between {factor} and {high_size}, got {crop}")
+        self.images, self.factor, self.crop, self.seed = images, factor, crop, seed
+        self.low_size, self.high_size = low_size, high_size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
+        high, caption = self.images[index]  # (3, H, H)
+        if high.shape[-2:] != (self.high_size, self.high_size):
+            raise ValueError(f"image {index} is {list(high.shape)}; DownsampledPairs needs [3, {self.high_size}, "
+                             f"{self.high_size}] (give the dataset size={self.high_size})")
+        if self.crop is not None:
+            rng = np.random.default_rng([self.seed, index, 1])
+            y, x = (int(v) * self.factor for v in rng.integers(0, (self.high_size - self.crop) // self.factor + 1, size=2))
+            high = high[:, y : y + self.crop, x : x + self.crop]  # (3, crop, crop)
+        return high, F.avg_pool2d(high[None], self.factor)[0], caption  # low: (3, crop/f, crop/f)
+
+
 class SuperResolutionTrainer(Trainer):
     """The Trainer for an SR stage on ``SuperResolutionPairs``: each batch's low-res images are upsampled and
     noised at levels drawn from [0, ``config.max_aug_level``) (noise-conditioning augmentation, Imagen §2.4),
@@ -156,6 +188,9 @@ class StageRecipe:
     # base stage: never draw data.HELD_OUT_COLOUR_SHAPES, so that a model can be tested on compositions it
     # never saw (lesson 12)
     hold_out_colour_shapes: bool = False
+    # what to train on: "shapes" (procedural scenes), "openmoji" (data.OpenMoji's training split, on white)
+    # or a folder of images with captions (data.ImageCaptionFolder); SR stages area-average its images down
+    data: str = "shapes"
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -170,6 +205,11 @@ class StageRecipe:
             raise ValueError("--hold-out-colour-shapes is for the base stage (the SR stages draw what they are given)")
         if low is not None and crop is not None and (crop > size or crop % (size // low)):
             raise ValueError(f"--crop must be a multiple of {size // low} up to {size}, got {crop}")
+        if self.data not in ("shapes", "openmoji") and not pathlib.Path(self.data).is_dir():
+            raise ValueError(f"--data must be shapes, openmoji or a folder of images with captions, got {self.data!r} "
+                             f"(no such folder)")
+        if self.data != "shapes" and self.hold_out_colour_shapes:
+            raise ValueError("--hold-out-colour-shapes is for --data shapes")
 
     @property
     def text_encoder_name(self) -> str:
@@ -187,7 +227,14 @@ class StageRecipe:
     def metadata(self, command: str) -> dict:
         """What the run's checkpoints record besides the model and training configs."""
         size, low, crop = self.shapes
-        data = {"dataset": "Shapes", "size": size, "seed": self.seed, "max_objects": 2}
+        if self.data == "shapes":
+            data = {"dataset": "Shapes", "size": size, "seed": self.seed, "max_objects": 2}
+        elif self.data == "openmoji":
+            data = {"dataset": "OpenMoji", "size": size, "seed": self.seed, "split": "train", "background": "#ffffff",
+                    "licence": "CC BY-SA 4.0", "attribution": OPENMOJI_ATTRIBUTION}
+        else:
+            data = {"dataset": "ImageCaptionFolder", "size": size, "seed": self.seed,
+                    "root": str(pathlib.Path(self.data).resolve())}
         if self.hold_out_colour_shapes:
             data["held_out_colour_shapes"] = sorted(map(list, HELD_OUT_COLOUR_SHAPES))
         if low is not None:
@@ -215,12 +262,16 @@ class StageRecipe:
         with torch.random.fork_rng(devices=[]):  # the initial weights, without touching the caller's global RNG
             torch.manual_seed(self.seed)
             model = UNet(unet_config)
-        if low is None:
+        trainer_class = Trainer if low is None else SuperResolutionTrainer
+        if self.data == "shapes" and low is None:
             pairs = ALL_COLOUR_SHAPES - HELD_OUT_COLOUR_SHAPES if self.hold_out_colour_shapes else None
-            data, trainer_class = Shapes(size=size, length=10_000_000, seed=self.seed, colour_shapes=pairs), Trainer
-        else:
+            data = Shapes(size=size, length=10_000_000, seed=self.seed, colour_shapes=pairs)
+        elif self.data == "shapes":
             data = SuperResolutionPairs(low_size=low, high_size=size, crop=crop, length=10_000_000, seed=self.seed)
-            trainer_class = SuperResolutionTrainer
+        else:
+            data = OpenMoji(size) if self.data == "openmoji" else ImageCaptionFolder(self.data, size)
+            if low is not None:
+                data = DownsampledPairs(data, low_size=low, high_size=size, crop=crop, seed=self.seed)
         return trainer_class(model, data, schedule_from_spec(self.schedule), config, out_dir, text_encoder=encoder,
                              device=device, extra_metadata=self.metadata(command), workers=workers, parallel=parallel)
 
@@ -268,6 +319,37 @@ class Stage:
         model_fn = _sampling_model_fn(self.unet, text, mask, guidance, precision, device, schedule, **extra)
         return ddim_sample(model_fn, (b, 3, self.size, self.size), schedule, steps=steps, eta=eta,
                            threshold=threshold, generator=generator, device=device, progress=progress)
+
+
+def add_to_cascade(weights: str | os.PathLike) -> list[str]:
+    """List an exported stage (``minimagen export``'s weights file) in its folder's ``imagen.json``, written if
+    absent, so that ``Imagen.from_pretrained(folder)`` (``minimagen sample --models folder``) runs it with the
+    folder's other stages, smallest output first. Returns the stages listed. The stages of one cascade must
+    read captions with one text encoder."""
+    path = pathlib.Path(weights)
+    folder, index_path = path.parent, path.parent / "imagen.json"
+
+    def header(name: str) -> dict:
+        return read_weights(folder / f"{name}.safetensors")[1]
+
+    text = header(path.stem).get("text")
+    if not isinstance(text, dict) or "encoder" not in text:
+        raise ValueError(f"{str(path)!r} does not record its text encoder: export it with `minimagen export`")
+    names = [path.stem]
+    if index_path.is_file():
+        try:
+            index = json.loads(index_path.read_text())
+            index["text"], index["stages"][:0]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{str(index_path)!r} is not a cascade index (JSON with 'text' and 'stages'): {err}") from err
+        if index["text"] != text:
+            raise ValueError(f"{str(path)!r} reads captions with {text}, the cascade in {str(folder)!r} with "
+                             f"{index['text']}: one cascade, one text encoder")
+        names += [n for n in index["stages"] if n != path.stem]
+    names.sort(key=lambda n: int(header(n)["size"]))
+    index = {"text": {"encoder": text["encoder"], "max_length": text["max_length"]}, "stages": names}
+    atomic_write_bytes(index_path, (json.dumps(index, indent=2) + "\n").encode())
+    return names
 
 
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -26,7 +26,7 @@ import torch
 
 from minimagen import distributed, grading
 from minimagen.augmentation import KINDS, LEVELS, augmentation_sweep, plot_augmentation, write_sweep
-from minimagen.cascade import STAGES, Imagen, StageRecipe
+from minimagen.cascade import STAGES, Imagen, StageRecipe, add_to_cascade
 from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, list_checkpoints
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
 from minimagen.encoders import PROMPT_SETS, measure_model, plot_encoders, prompt_set, summarize, write_rows
@@ -144,6 +144,9 @@ def export(args: argparse.Namespace) -> None:
     evaluation = [card_record(path) for path in args.evaluation or []]  # `minimagen eval` CSVs of this model
     model, step = export_run(args.run, args.dest, hardware=args.hardware, evaluation=evaluation)
     print(f"export: wrote {args.dest} ({model.num_parameters() / 1e6:.2f} M parameters, step {step})")
+    if args.cascade:
+        stages = add_to_cascade(args.dest)
+        print(f"export: {pathlib.Path(args.dest).parent / 'imagen.json'} lists {', '.join(stages)}")
 
 
 def sample(args: argparse.Namespace) -> None:
@@ -443,10 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive_int, default=16, help="channels of the first block (x2, x4, x4 below)")
     _add_schedule(p)  # must match the base model's
 
-    p = _command(sub, "train", train, "train a stage on Shapes (resumes from the newest checkpoint in --out)")
+    p = _command(sub, "train", train, "train a stage on Shapes, OpenMoji or your own images (resumes from the newest checkpoint in --out)")
     p.add_argument("--stage", choices=sorted(STAGES), default="base",
                    help="base (text -> 64 px), sr256 (64 -> 256 px) or sr1024 (256 -> 1024 px, on crops)")
     p.add_argument("--out", required=True, help="run folder for checkpoints")
+    p.add_argument("--data", default="shapes", help="shapes (procedural scenes), openmoji (real drawings; needs the "
+                   "openmoji extra) or a folder of images each with a caption file (photo.jpg + photo.txt)")
     p.add_argument("--unet", choices=sorted(PRESETS), default="base-s")
     p.add_argument("--image-size", type=_positive_int, default=None, help="base stage only (default 64)")
     p.add_argument("--crop", type=_positive_int, default=None, help="SR stages: train on random crops of this "
@@ -581,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware", default=None, help="what the run trained on, for the model card")
     p.add_argument("--evaluation", nargs="+", default=None,
                    help="CSV files written by `minimagen eval` for this model, copied onto its card")
+    p.add_argument("--cascade", action="store_true", help="also list the stage in its folder's imagen.json, so that "
+                   "`minimagen sample --models FOLDER` runs the folder's stages in turn")
     return parser
 
 

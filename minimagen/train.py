@@ -405,6 +405,10 @@ class Trainer:
                 f"checkpoint {str(path)!r} was written for a different model config: "
                 f"{state.meta.get('model_config')} vs {_model_config(self.model)}"
             )
+        was, now = (_data_source(d) for d in (state.meta.get("data"), self.extra_metadata.get("data")))
+        if was and now and was != now:
+            raise ValueError(f"checkpoint {str(path)!r} was trained on {was}, this run trains on {now}: "
+                             f"give the run the data it started with, or a new output folder")
         fastpath.check_resume(state.meta, self.config.draws, self.device, path)
         state.restore(model=self.model, ema=self.ema, optimizer=self.optimizer, generator=self.generator,
                       draws=None if self.draws is self.generator else self.draws)
@@ -413,6 +417,13 @@ class Trainer:
         self.wall_time = float(state.meta.get("wall_time", 0.0))
         self.history = state.history
         return True
+
+
+def _data_source(data: dict[str, Any] | None) -> str | None:
+    """Which images a run's metadata says it trains on ("Shapes", "OpenMoji", or a folder), for resume checks."""
+    if not data or "dataset" not in data:
+        return None
+    return f"{data['dataset']} {data['root']!r}" if "root" in data else str(data["dataset"])
 
 
 def _model_config(model: torch.nn.Module, stored: dict[str, Any] | None = None) -> dict[str, Any] | None:

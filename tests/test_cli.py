@@ -412,3 +412,40 @@ def test_eval_augmentation_refuses_a_level_past_the_schedule(capsys):
     assert cli.main(["eval", "augmentation", "--levels", "0", "1000", "--n", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "levels must be below the schedule's T = 1000, got 1000" in err and "Traceback" not in err
+
+
+def test_own_images_end_to_end_train_both_stages_export_a_cascade_and_sample(tmp_path, tiny_preset, capsys):
+    # The README's recipe on a folder of six captioned pictures (not square: the folder crops them).
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, (colour, word) in enumerate([((200, 40, 40), "red"), ((40, 200, 40), "green"), ((40, 40, 200), "blue")] * 2):
+        pixels = torch.zeros(60, 80, 3, dtype=torch.uint8)
+        pixels[:] = torch.tensor(colour, dtype=torch.uint8)
+        pixels[20:40, 30 + i:50 + i] = 255
+        Image.fromarray(pixels.numpy()).save(photos / f"photo{i}.png")
+        (photos / f"photo{i}.txt").write_text(f"a white square on {word}\n")
+    common = ["--unet", "tiny", "--steps", "2", "--batch-size", "2", "--quiet", "--threads", "1", "--sample-every", "0"]
+    assert cli.main(["train", "--data", str(photos), "--out", str(tmp_path / "base"), *common]) == 0
+    assert cli.main(["train", "--stage", "sr256", "--crop", "32", "--data", str(photos), "--out", str(tmp_path / "sr"),
+                     *common]) == 0
+    models = tmp_path / "models"
+    models.mkdir()
+    # the SR stage first: the index orders the stages by size, whatever order they are exported in
+    assert cli.main(["export", str(tmp_path / "sr"), str(models / "sr256.safetensors"), "--cascade"]) == 0
+    assert cli.main(["export", str(tmp_path / "base"), str(models / "base64.safetensors"), "--cascade"]) == 0
+    assert json.loads((models / "imagen.json").read_text())["stages"] == ["base64", "sr256"]
+    card = json.loads((models / "sr256.json").read_text())
+    assert card["data"]["dataset"] == "ImageCaptionFolder" and card["data"]["root"] == str(photos.resolve())
+    out = tmp_path / "sample.png"
+    assert cli.main(["sample", "a white square on blue", "--models", str(models), "--out", str(out), "--steps", "2",
+                     "--quiet", "--threads", "1"]) == 0
+    with Image.open(out) as image:
+        assert image.size == (256, 256)
+    # resuming a run on other data is refused, in one line
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(tmp_path / "base"), *common]) == 2
+    assert "was trained on ImageCaptionFolder" in capsys.readouterr().err
+    assert cli.main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), *common]) == 2
+    assert "--data must be shapes, openmoji or a folder" in capsys.readouterr().err
