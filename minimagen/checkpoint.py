@@ -155,6 +155,20 @@ def model_card(stage: str, config: dict[str, Any], parameters: int, *, training:
     return card
 
 
+def hardware_description(device: str | torch.device = "cpu") -> str:
+    """What this process computes on, for model cards: the GPU's name, or the CPU's model and torch's threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+    except OSError:  # not Linux
+        pass
+    return f"{model}, {torch.get_num_threads()} torch threads"
+
+
 def run_card(stage, model, *, schedule, data, command, train_config, steps, wall_time, history,
              text=None, hardware=None) -> dict:
     """The model card of a U-Net trained by the Trainer (``demo``, ``export``)."""
@@ -165,7 +179,7 @@ def run_card(stage, model, *, schedule, data, command, train_config, steps, wall
         "seed": train_config["seed"],
         "steps": steps,
         "wall_time_s": round(wall_time, 1),
-        "hardware": hardware or f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+        "hardware": hardware or f"{hardware_description()} (where it was exported: the run did not record its own)",
         "loss_history": [[int(step), round(loss, 5)] for step, loss in history],
     }
     return model_card(stage, model.config.to_dict(), model.num_parameters(), training=training,
@@ -272,7 +286,8 @@ def export_run(run: str | os.PathLike, dest: str | os.PathLike, *, hardware: str
     card = run_card(
         meta.get("stage"), model, schedule=meta.get("schedule"), data=meta.get("data"), text=meta.get("text"),
         command=meta.get("command"), train_config=meta["train_config"], steps=meta["step"],
-        wall_time=meta.get("wall_time", 0.0), history=state.history, hardware=hardware,
+        wall_time=meta.get("wall_time", 0.0), history=state.history,
+        hardware=hardware or "; ".join(meta.get("hardware") or []) or None,
     )
     if evaluation:
         card["evaluation"] = list(evaluation)

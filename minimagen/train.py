@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from minimagen import checks
 from minimagen.checkpoint import (
-    CHECKPOINT_PREFIX, TrainingState, list_checkpoints, run_card, save_training_state, save_weights,
+    CHECKPOINT_PREFIX, TrainingState, hardware_description, list_checkpoints, run_card, save_training_state,
+    save_weights,
 )
 from minimagen.data import Shapes
 from minimagen.diffusion import diffusion_loss, prediction_of
@@ -166,6 +167,7 @@ class Trainer:
         self.out_dir = pathlib.Path(out_dir)
         self.text_encoder = text_encoder
         self.extra_metadata = extra_metadata or {}
+        self.hardware: list[str] = []  # what the run trained on, as checkpoints record it (hardware_description)
         # Fixed prompts for the periodic sample grids: by default the captions of the first 8 items.
         self.sample_prompts = list(sample_prompts or [dataset[i][-1] for i in range(min(8, len(dataset)))])
         self.optimizer = fastpath.adamw(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
@@ -379,6 +381,8 @@ class Trainer:
             "model_config": _model_config(self.model),
             **fastpath.draws_record(self.config.draws, self.device),
             **self.extra_metadata,
+            # every machine the run has trained on, in order (a resumed run may move)
+            "hardware": self.hardware + [h for h in [hardware_description(self.device)] if h not in self.hardware],
         }
         path = self.checkpoint_path(self.step)
         save_training_state(path, model=self.model, ema=self.ema, optimizer=self.optimizer,
@@ -416,6 +420,7 @@ class Trainer:
         self.step = int(state.meta["step"])
         self.wall_time = float(state.meta.get("wall_time", 0.0))
         self.history = state.history
+        self.hardware = list(state.meta.get("hardware") or [])
         return True
 
 
@@ -473,7 +478,7 @@ def save_demo(trainer: Trainer, path: str | pathlib.Path, command: str = "") -> 
         "uncond32", trainer.model, schedule=DEMO_SCHEDULE,
         data={"dataset": "Shapes", "size": 32, "seed": trainer.config.seed, "max_objects": 1, "textures": ["plain"]},
         command=command, train_config=dataclasses.asdict(trainer.config), steps=trainer.step,
-        wall_time=trainer.wall_time, history=trainer.history,
+        wall_time=trainer.wall_time, history=trainer.history, hardware=hardware_description(trainer.device),
     )
     save_weights(trainer.ema, path, trainer.model.config.to_dict(), card=card,
                  extra={"stage": "uncond32", "schedule": DEMO_SCHEDULE})

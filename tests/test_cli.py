@@ -38,6 +38,8 @@ def test_train_then_export_gives_a_loadable_fp16_model(tmp_path, monkeypatch):
     assert header["schedule"] == {"kind": "cosine", "T": 1000, "max_beta": 0.2}
     assert header["text"] == {"encoder": "minilm", "max_length": 24}
     assert unet.config.image_size == 16 and unet.config.text_dim == 384
+    # the card says what the run trained on (recorded by the training process), in one entry per machine
+    assert card["training"]["hardware"].endswith("1 torch threads") and ";" not in card["training"]["hardware"]
 
 
 def test_schedule_from_spec():
