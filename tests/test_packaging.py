@@ -47,7 +47,7 @@ def test_environment_uses_the_same_pins_as_pyproject():
 def test_makefile_installs_the_cpu_torch_wheel_first():
     makefile = (ROOT / "Makefile").read_text()
     assert "TORCH ?= torch==2.13.0" in makefile
-    assert makefile.index("$(TORCH)") < makefile.index('pip install --quiet -e ".[dev]"')
+    assert makefile.index("$(TORCH)") < makefile.index('pip install --quiet -e ".[dev,openmoji]"')
 
 
 def test_ci_runs_the_readme_test_command():
@@ -61,7 +61,7 @@ def test_make_lessons_installs_jupyterlab_and_opens_the_lessons():
     makefile = (ROOT / "Makefile").read_text()
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(r.startswith("jupyterlab") for r in extras["lessons"])
-    assert 'pip install --quiet -e ".[dev,lessons]"' in makefile
+    assert 'pip install --quiet -e ".[dev,openmoji,lessons]"' in makefile
     assert re.search(r"^lessons: ", makefile, flags=re.MULTILINE)
     assert "jupyter lab lessons/" in makefile
     assert "make lessons" in (ROOT / "README.md").read_text()
