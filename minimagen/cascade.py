@@ -25,15 +25,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from minimagen import checks
-from minimagen.checkpoint import atomic_write_bytes, load_unet, read_weights, save_weights
+from minimagen.checkpoint import atomic_write_bytes, load_state_strict, load_unet, read_weights, save_weights
 from minimagen.data import (ALL_COLOUR_SHAPES, HELD_OUT_COLOUR_SHAPES, OPENMOJI_ATTRIBUTION, TEXTURES, ImageCaptionFolder,
                             OpenMoji, Shapes)
 from minimagen.guidance import guided_model_fn
 from minimagen.samplers import ddim_sample
 from minimagen.schedules import NoiseSchedule, schedule_from_spec
-from minimagen.text import TEXT_MODELS, TextEncoder
+from minimagen.text import TEXT_MODELS, TextEncoder, sha256_file
 from minimagen.train import TrainConfig, Trainer
-from minimagen.unet import PRESETS, UNet
+from minimagen.unet import PRESETS, UNet, UNetConfig
 
 
 def upsample(lowres: Tensor, size: int) -> Tensor:
@@ -167,6 +167,19 @@ STAGES = {"base": (64, None, None), "sr256": (256, 64, None), "sr1024": (1024, 2
 TEXT_MODEL_WIDTH = 128
 
 
+def start_from(model: UNet, path: str | os.PathLike) -> None:
+    """Load exported weights into a freshly built ``model`` to fine-tune it (``minimagen train --init``);
+    ValueError naming the difference when the file holds another architecture (its training crop aside: a
+    fully convolutional SR U-Net runs at any size)."""
+    state, header = read_weights(path)
+    theirs = UNetConfig.from_dict({**header["config"], "image_size": model.config.image_size})
+    if theirs != model.config:
+        differ = [f.name for f in dataclasses.fields(theirs) if getattr(theirs, f.name) != getattr(model.config, f.name)]
+        raise ValueError(f"--init {str(path)!r} holds another U-Net than this recipe builds (differs in {differ}): "
+                         f"give the --stage and --unet it was trained with")
+    load_state_strict(model, state, path)
+
+
 @dataclass(frozen=True)
 class StageRecipe:
     """What ``minimagen train --stage ...`` builds for one stage of the cascade on Shapes, and records in every
@@ -191,6 +204,9 @@ class StageRecipe:
     # what to train on: "shapes" (procedural scenes), "openmoji" (data.OpenMoji's training split, on white)
     # or a folder of images with captions (data.ImageCaptionFolder); SR stages area-average its images down
     data: str = "shapes"
+    # a weights file (minimagen export) to start from instead of random weights: fine-tuning. Its U-Net must
+    # be the one the recipe builds (the same preset and stage; the training crop may differ)
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -235,6 +251,8 @@ class StageRecipe:
         else:
             data = {"dataset": "ImageCaptionFolder", "size": size, "seed": self.seed,
                     "root": str(pathlib.Path(self.data).resolve())}
+        if self.init is not None:
+            data["init"] = {"weights": str(pathlib.Path(self.init).resolve()), "sha256": sha256_file(self.init)}
         if self.hold_out_colour_shapes:
             data["held_out_colour_shapes"] = sorted(map(list, HELD_OUT_COLOUR_SHAPES))
         if low is not None:
@@ -262,6 +280,8 @@ class StageRecipe:
         with torch.random.fork_rng(devices=[]):  # the initial weights, without touching the caller's global RNG
             torch.manual_seed(self.seed)
             model = UNet(unet_config)
+        if self.init is not None:
+            start_from(model, self.init)
         trainer_class = Trainer if low is None else SuperResolutionTrainer
         if self.data == "shapes" and low is None:
             pairs = ALL_COLOUR_SHAPES - HELD_OUT_COLOUR_SHAPES if self.hold_out_colour_shapes else None

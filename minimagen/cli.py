@@ -453,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="shapes", help="shapes (procedural scenes), openmoji (real drawings; needs the "
                    "openmoji extra) or a folder of images each with a caption file (photo.jpg + photo.txt)")
     p.add_argument("--unet", choices=sorted(PRESETS), default="base-s")
+    p.add_argument("--init", default=None, metavar="WEIGHTS", help="start from these weights (minimagen export) "
+                   "instead of random ones: fine-tune a trained stage (same --stage and --unet)")
     p.add_argument("--image-size", type=_positive_int, default=None, help="base stage only (default 64)")
     p.add_argument("--crop", type=_positive_int, default=None, help="SR stages: train on random crops of this "
                    "side (default: whole 256 px images for sr256, 256 px crops for sr1024)")
@@ -461,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=20_000)
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--max-t", type=_non_negative_int, default=0, help="draw training timesteps from [0, this) only: "
+                   "train the low-noise end alone, e.g. to fine-tune a stage there (0: every timestep)")
+    p.add_argument("--warmup-steps", type=_positive_int, default=100,
+                   help="the learning rate rises linearly to --lr over the first this many steps")
     p.add_argument("--lr-decay-steps", type=_non_negative_int, default=0,
                    help="anneal: the learning rate falls linearly to 0 over the last this many of --steps (0: constant)")
     p.add_argument("--ema-decay", type=float, default=0.999)

@@ -69,6 +69,10 @@ class TrainConfig:
     sample_every: int = 0  # write a grid of EMA samples every this many steps (0 = never)
     sample_guidance: float = 3.0  # classifier-free guidance weight of those grids (text models)
     max_aug_level: int = 250  # SR stages: the low-res input is noised at a level drawn from [0, max_aug_level)
+    # >0: training timesteps are drawn from [0, max_t) only, so the run trains the low-noise end of the
+    # process alone (an "expert" for those steps, eDiff-I §4; e.g. fine-tuning an SR stage from --init on the
+    # steps that leave grain); 0: from every timestep, as DDPM does
+    max_t: int = 0
     seed: int = 0
     # The fast path (minimagen.fastpath), each switch off by default:
     draws: Literal["host", "device"] = "host"  # where t, eps, augmentation and dropout are drawn
@@ -89,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"TrainConfig.precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if self.max_t < 0:
+            raise ValueError(f"TrainConfig.max_t must be >= 0 (0: every timestep), got {self.max_t}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"TrainConfig.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         checks.choice("TrainConfig.draws", self.draws, fastpath.DRAWS)
@@ -164,6 +170,8 @@ class Trainer:
         self.dataset = dataset
         self.schedule = schedule.to(self.device)
         self.config = config
+        if config.max_t > schedule.T:
+            raise ValueError(f"TrainConfig.max_t must be at most the schedule's T = {schedule.T}, got {config.max_t}")
         self.out_dir = pathlib.Path(out_dir)
         self.text_encoder = text_encoder
         self.extra_metadata = extra_metadata or {}
@@ -258,7 +266,7 @@ class Trainer:
                 return self._net(x_t, t, text, mask, text_drop=drop, **extra)
 
         # By default t and eps are drawn on the CPU generator, so the run is the same on any device.
-        t = self.randint(b, self.schedule.T)
+        t = self.randint(b, self.config.max_t or self.schedule.T)
         noise = fastpath.memory_format(self.randn(b, images.shape[1:]), channels_last)
         with autocast_context(self.config.precision, self.device):
             return diffusion_loss(model_fn, images, self.schedule, t=t, noise=noise,

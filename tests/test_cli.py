@@ -451,3 +451,29 @@ def test_own_images_end_to_end_train_both_stages_export_a_cascade_and_sample(tmp
     assert "was trained on ImageCaptionFolder" in capsys.readouterr().err
     assert cli.main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), *common]) == 2
     assert "--data must be shapes, openmoji or a folder" in capsys.readouterr().err
+
+
+def test_init_fine_tunes_exported_weights_on_the_low_noise_steps_only(tmp_path, tiny_preset, capsys):
+    common = ["--unet", "tiny", "--batch-size", "2", "--quiet", "--threads", "1", "--sample-every", "0"]
+    assert cli.main(["train", "--out", str(tmp_path / "a"), "--image-size", "16", "--steps", "2", *common]) == 0
+    weights = tmp_path / "a.safetensors"
+    cli.main(["export", str(tmp_path / "a"), str(weights)])
+    # a fine-tuning run starts from those weights (its first checkpoint's EMA is a blend of them and step 1)
+    assert cli.main(["train", "--out", str(tmp_path / "b"), "--image-size", "16", "--steps", "1", "--max-t", "50",
+                     "--init", str(weights), *common]) == 0
+    card_dest = tmp_path / "b.safetensors"
+    cli.main(["export", str(tmp_path / "b"), str(card_dest)])
+    card = json.loads(card_dest.with_suffix(".json").read_text())
+    assert card["data"]["init"]["weights"] == str(weights.resolve()) and len(card["data"]["init"]["sha256"]) == 64
+    assert card["training"]["train_config"]["max_t"] == 50
+    start, _ = load_unet(weights)
+    tuned, _ = load_unet(card_dest)
+    moved = max((a - b).abs().max().item() for a, b in zip(start.state_dict().values(), tuned.state_dict().values()))
+    assert 0 < moved < 0.05  # one small step from the exported weights, not from a random start
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(tmp_path / "c"), "--stage", "sr256", "--crop", "16", "--steps", "1",
+                     "--init", str(weights), *common]) == 2
+    assert "holds another U-Net than this recipe builds (differs in ['lowres_channels'" in capsys.readouterr().err
+    assert cli.main(["train", "--out", str(tmp_path / "d"), "--image-size", "16", "--steps", "1", "--max-t", "5000",
+                     *common]) == 2
+    assert "max_t must be at most the schedule's T = 1000" in capsys.readouterr().err
