@@ -29,6 +29,7 @@ from minimagen.augmentation import KINDS, LEVELS, augmentation_sweep, plot_augme
 from minimagen.cascade import STAGES, Imagen, StageRecipe, add_to_cascade
 from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, list_checkpoints
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
+from minimagen.drawings import held_out_retrieval, save_drawing_encoder, train_drawing_encoder
 from minimagen.encoders import PROMPT_SETS, measure_model, plot_encoders, prompt_set, summarize, write_rows
 from minimagen.evaluate import (
     base_imagen, card_record, per_image_path, plot_steps, plot_sweep, read_csv, sr_quality, steps_sweep, threshold_sweep,
@@ -180,11 +181,13 @@ READERS = {
     "probe": (train_probe, probe_accuracy, save_probe),
     "texture-probe": (train_texture_probe, texture_probe_accuracy, save_texture_probe),
     "classifier": (train_noisy_classifier, classifier_accuracy, save_noisy_classifier),
+    "drawing-encoder": (train_drawing_encoder, held_out_retrieval, save_drawing_encoder),
 }
 
 
 def reader(args: argparse.Namespace) -> None:
-    """``probe``, ``texture-probe`` or ``classifier``: train it, measure it on held-out scenes, write it with a card."""
+    """``probe``, ``texture-probe``, ``classifier`` or ``drawing-encoder``: train it, measure it on held-out
+    scenes (drawings), write it with a card."""
     fit, measure, save = READERS[args.command]
     if args.command == "classifier":  # it reads noisy images: trained and measured on the base model's schedule
         spec = {"kind": args.schedule, "T": args.T, "max_beta": args.max_beta}
@@ -442,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reader(sub, "probe", "train the attribute probe (64 px) used by the metrics and ship it", 3000, 64, 1000)
     p = _add_reader(sub, "texture-probe", "train the texture probe (256 px) that measures the SR stages", 1500, 32, 500)
     p.add_argument("--width", type=_positive_int, default=16, help="channels of the first convolutions")
+    p = _add_reader(sub, "drawing-encoder", "train the OpenMoji feature extractor that measures models of real "
+                    "drawings (needs the openmoji extra)", 2000, 128, 209)
+    p.add_argument("--width", type=_positive_int, default=32, help="channels of the first convolution (x2, x4, x4 below)")
     p = _add_reader(sub, "classifier", "train the noisy classifier that classifier guidance needs", 3000, 32, 500)
     p.add_argument("--width", type=_positive_int, default=16, help="channels of the first block (x2, x4, x4 below)")
     _add_schedule(p)  # must match the base model's

@@ -1,0 +1,176 @@
+"""Measuring a model of real drawings (lesson 14): does a sample of a held-out name look like that drawing?
+
+Shapes has an exact probe because its captions are exact; OpenMoji's are names ("soft ice cream"), and a
+sample is right when it looks like the drawing of that name. So the measure is retrieval: a feature
+extractor maps images to unit vectors, and a sample of held-out name k scores a hit when, among all the
+held-out real drawings, drawing k is its nearest (top-1) or among its five nearest (top-5). Chance is
+1/n and 5/n for n drawings. The same features give a Fréchet distance between samples and real drawings.
+
+The extractor, ``DrawingEncoder``, never sees a held-out drawing: it is trained on OpenMoji's training
+split by instance discrimination (SimCLR, Chen et al. 2020): two differently spoiled views of each drawing
+in a batch (shifted, blurred, grainy, dimmed, as a young model's samples are) must be each other's nearest
+among all the views. What it learns is which drawing an image shows, through the flaws, and that carries
+over to drawings it never saw.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from minimagen import checks
+from minimagen.checkpoint import load_state_strict, model_card, read_weights, save_weights
+from minimagen.data import OPENMOJI_ATTRIBUTION, OpenMoji
+from minimagen.metrics import feature_statistics, frechet_distance
+
+DRAWING_SIZE = 64  # the encoder's input side; larger images are area-averaged down to it
+
+
+class DrawingEncoder(nn.Module):
+    """A small CNN: images [B, 3, 64k, 64k] -> unit feature vectors [B, dim]. Four 3x3 convolutions, each
+    followed by GroupNorm, SiLU and a halving (64 -> 4 px), then one linear layer."""
+
+    def __init__(self, width: int = 32, dim: int = 128) -> None:
+        super().__init__()
+        self.width, self.dim = width, dim
+        layers, ch = [], 3
+        for out in (width, 2 * width, 4 * width, 4 * width):
+            layers += [nn.Conv2d(ch, out, 3, padding=1), nn.GroupNorm(4, out), nn.SiLU(), nn.AvgPool2d(2)]
+            ch = out
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(ch * 16, dim)
+
+    def forward(self, images: Tensor) -> Tensor:
+        side = images.shape[-1]
+        if images.ndim != 4 or side % DRAWING_SIZE or images.shape[-2] != side:
+            raise ValueError(f"images must be [B, 3, S, S] with S a multiple of {DRAWING_SIZE}, got {list(images.shape)}")
+        if side > DRAWING_SIZE:
+            images = F.avg_pool2d(images, side // DRAWING_SIZE)
+        return F.normalize(self.head(self.body(images).flatten(1)), dim=1)  # (B, dim)
+
+
+def spoil(images: Tensor, generator: torch.Generator, *, background: float = 1.0, shift: int = 4) -> Tensor:
+    """Drawings [B, 3, H, W] with the flaws of generated ones, each at a random strength: a shift of up to
+    ``shift`` px per axis (the uncovered border is ``background``), blur, per-pixel grain, and a change of
+    contrast and brightness."""
+    b, _, h, w = images.shape
+    padded = F.pad(images, (shift,) * 4, value=background)  # (B, 3, H + 2s, W + 2s)
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, b), generator=generator).tolist()
+    images = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    amount = torch.rand(b, 4, 1, 1, 1, generator=generator)  # blur, grain, contrast, brightness
+    images = images + amount[:, 0] * (blurred - images)
+    images = images + 0.1 * amount[:, 1] * torch.randn(images.shape, generator=generator)
+    images = images * (1 - 0.3 * amount[:, 2]) + 0.2 * (amount[:, 3] - 0.5)
+    return images.clamp(-1, 1)
+
+
+def contrastive_loss(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+    """SimCLR's NT-Xent for unit features of two views [B, D] each: every view must pick its partner out of
+    the other 2B - 1 views."""
+    z = torch.cat([a, b])  # (2B, D)
+    similarity = z @ z.T / temperature  # (2B, 2B)
+    similarity.fill_diagonal_(float("-inf"))  # a view is not its own partner
+    n = len(a)
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+    return F.cross_entropy(similarity, partner)
+
+
+def train_drawing_encoder(drawings=None, *, steps: int = 2000, batch_size: int = 128, lr: float = 2e-3,
+                          temperature: float = 0.1, seed: int = 0, width: int = 32, dim: int = 128,
+                          progress: bool = True) -> tuple[DrawingEncoder, list[float]]:
+    """Train a DrawingEncoder on ``drawings`` (default: ``OpenMoji(64)``'s training split, rendered once) by
+    instance discrimination between two ``spoil``-ed views; AdamW with a cosine-decayed rate. Returns the
+    encoder (eval mode) and its per-step loss."""
+    checks.integer("steps", steps)
+    checks.integer("batch_size", batch_size, 2)
+    drawings = OpenMoji(DRAWING_SIZE, split="train") if drawings is None else drawings
+    images = torch.stack([drawings[i][0] for i in tqdm(range(len(drawings)), desc="rendering drawings",
+                                                           disable=not progress)])  # (N, 3, 64, 64)
+    background = float(images[:, :, 0, 0].median())  # the corners are background in almost every drawing
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the initial weights, without touching the caller's global RNG
+        torch.manual_seed(seed)
+        encoder = DrawingEncoder(width, dim)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=1e-4)
+    losses = []
+    for step in tqdm(range(steps), desc="drawing encoder", disable=not progress):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        batch = images[torch.randperm(len(images), generator=generator)[:batch_size]]
+        views = [spoil(batch, generator, background=background) for _ in range(2)]
+        loss = contrastive_loss(encoder(views[0]), encoder(views[1]), temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return encoder.eval(), losses
+
+
+@torch.no_grad()
+def retrieval(encoder: DrawingEncoder, images: Tensor, real: Tensor, targets) -> dict[str, float]:
+    """Images [B, 3, S, S] meant to show the drawings ``real[targets[b]]`` ([N, 3, S', S'], the candidates):
+    the fraction whose own drawing is the nearest candidate (``top1``) or among the five nearest (``top5``),
+    each with its standard error, the mean rank of the right drawing (1 = nearest), and chance (1/N, 5/N)."""
+    targets = torch.as_tensor(targets)
+    if len(targets) != len(images) or targets.min() < 0 or targets.max() >= len(real):
+        raise ValueError(f"targets must give each of the {len(images)} images an index into the {len(real)} "
+                         f"candidates, got {targets.tolist()}")
+    similarity = encoder(images) @ encoder(real).T  # (B, N)
+    own = similarity.gather(1, targets[:, None])  # (B, 1)
+    rank = 1 + (similarity > own).sum(1).float()  # (B,)
+    out = {"n": len(images), "candidates": len(real), "mean_rank": rank.mean().item(),
+           "chance_top1": 1 / len(real), "chance_top5": min(5, len(real)) / len(real)}
+    for k in (1, 5):
+        hits = (rank <= k).float()
+        out[f"top{k}"] = hits.mean().item()
+        out[f"top{k}_se"] = (hits.std() / math.sqrt(len(hits))).item() if len(hits) > 1 else float("nan")
+    return out
+
+
+@torch.no_grad()
+def held_out_retrieval(encoder: DrawingEncoder, n: int | None = None, seed: int = 0) -> dict[str, float]:
+    """How well ``encoder`` tells drawings it never saw apart: ``spoil``-ed views of the first ``n`` held-out
+    drawings (one per emoji, no skin-tone variants; all of them by default) retrieved among the clean ones."""
+    drawings = OpenMoji(DRAWING_SIZE, split="held_out", skin_tones=False)
+    n = len(drawings) if n is None else min(checks.integer("n", n), len(drawings))
+    real = torch.stack([drawings[i][0] for i in range(n)])
+    background = float(real[:, :, 0, 0].median())
+    views = spoil(real, torch.Generator().manual_seed(seed), background=background)
+    return retrieval(encoder, views, real, list(range(n)))
+
+
+@torch.no_grad()
+def drawing_frechet(encoder: DrawingEncoder, images: Tensor, real: Tensor) -> float:
+    """Fréchet distance between the encoder's features of ``images`` and of ``real`` drawings."""
+    return frechet_distance(*feature_statistics(encoder(images)), *feature_statistics(encoder(real)))
+
+
+def save_drawing_encoder(encoder: DrawingEncoder, path, *, losses: list[float], training: dict, accuracy: dict,
+                         eval_n: int) -> None:
+    """Ship a drawing encoder (``minimagen drawing-encoder``): fp16 safetensors and its card (which carries
+    OpenMoji's attribution and licence: the encoder is trained on the drawings)."""
+    config = {"kind": "DrawingEncoder", "width": encoder.width, "dim": encoder.dim, "size": DRAWING_SIZE}
+    card = model_card(
+        "drawing_encoder", config, sum(p.numel() for p in encoder.parameters()), losses=losses, training=training,
+        data={"dataset": "OpenMoji", "split": "train", "size": DRAWING_SIZE, "licence": "CC BY-SA 4.0",
+              "attribution": OPENMOJI_ATTRIBUTION},
+        held_out_retrieval=accuracy, held_out_drawings=eval_n,
+    )
+    save_weights(encoder, path, config, card=card, extra={"stage": "drawing_encoder"})
+
+
+def load_drawing_encoder(path) -> DrawingEncoder:
+    """Load an encoder written by ``save_drawing_encoder`` (fp16 on disk, float32 in memory), in eval mode."""
+    state, header = read_weights(path)
+    config = header.get("config", {})
+    if config.get("kind") != "DrawingEncoder":
+        raise ValueError(f"checkpoint {str(path)!r} holds a {config.get('kind')!r}, not a DrawingEncoder")
+    encoder = DrawingEncoder(config["width"], config["dim"])
+    load_state_strict(encoder, state, path)
+    return encoder.eval()

@@ -1,0 +1,69 @@
+"""Tests for minimagen.drawings: the OpenMoji feature extractor, retrieval and Fréchet distance."""
+
+import json
+
+import pytest
+import torch
+
+from minimagen.data import OpenMoji
+from minimagen.drawings import (DrawingEncoder, contrastive_loss, drawing_frechet, load_drawing_encoder, retrieval,
+                                save_drawing_encoder, spoil, train_drawing_encoder)
+
+
+@pytest.fixture(scope="module")
+def few():
+    drawings = OpenMoji(64, split="held_out", skin_tones=False)
+    return [drawings[i] for i in range(0, 48, 3)]  # 16 drawings
+
+
+def test_spoil_is_seeded_and_keeps_the_range():
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    a, b = (spoil(images, torch.Generator().manual_seed(1)) for _ in range(2))
+    assert torch.equal(a, b) and a.shape == images.shape and a.min() >= -1 and a.max() <= 1
+    assert not torch.equal(a, images)
+
+
+def test_contrastive_loss_rewards_views_that_find_each_other():
+    z = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    matched = contrastive_loss(z, z, 0.1)
+    shuffled = contrastive_loss(z, z.roll(1, 0), 0.1)
+    assert matched < 0.5 < shuffled
+
+
+def test_a_briefly_trained_encoder_finds_spoiled_drawings_and_round_trips(few, tmp_path):
+    encoder, losses = train_drawing_encoder(few, steps=60, batch_size=16, width=8, dim=32, progress=False)
+    assert losses[-1] < losses[0]
+    real = torch.stack([image for image, _ in few])
+    views = spoil(real, torch.Generator().manual_seed(7), shift=2)
+    found = retrieval(encoder, views, real, list(range(len(few))))
+    assert found["chance_top1"] == 1 / 16 and found["top1"] > 0.5 and found["top5"] >= found["top1"]
+    assert 1 <= found["mean_rank"] < 4
+    assert drawing_frechet(encoder, views, real) < drawing_frechet(encoder, torch.zeros_like(real), real)
+    # 256 px images are read at 64 px (area-averaged)
+    big = torch.nn.functional.interpolate(real, scale_factor=4, mode="nearest")
+    torch.testing.assert_close(encoder(big), encoder(real), atol=1e-5, rtol=0)
+    path = tmp_path / "enc.safetensors"
+    save_drawing_encoder(encoder, path, losses=losses, training={"steps": 60}, accuracy=found, eval_n=16)
+    torch.testing.assert_close(load_drawing_encoder(path)(real), encoder(real), atol=2e-2, rtol=0)
+    assert "CC BY-SA 4.0" in json.loads(path.with_suffix(".json").read_text())["data"]["licence"]
+
+
+def test_bad_inputs_are_explained():
+    encoder = DrawingEncoder(8, 16).eval()
+    with pytest.raises(ValueError, match="multiple of 64"):
+        encoder(torch.zeros(1, 3, 48, 48))
+    with pytest.raises(ValueError, match="targets must give each"):
+        retrieval(encoder, torch.zeros(2, 3, 64, 64), torch.zeros(3, 3, 64, 64), [0, 3])
+
+
+def test_the_command_trains_measures_and_ships_an_encoder(tmp_path, capsys):
+    from minimagen import cli
+
+    out = tmp_path / "drawing_encoder.safetensors"
+    assert cli.main(["drawing-encoder", "--steps", "3", "--batch-size", "8", "--width", "8", "--eval-n", "10",
+                     "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out accuracy (top1)" in printed and "held-out accuracy (chance_top1) 0.1000" in printed
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["held_out_drawings"] == 10 and card["training"]["steps"] == 3
+    assert load_drawing_encoder(out).width == 8
