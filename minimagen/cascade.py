@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -25,9 +26,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from minimagen import checks
-from minimagen.checkpoint import atomic_write_bytes, load_state_strict, load_unet, read_weights, save_weights
+from minimagen.checkpoint import (TrainingState, atomic_write_bytes, list_checkpoints, load_state_strict, load_unet,
+                                  read_weights, save_weights)
 from minimagen.data import (ALL_COLOUR_SHAPES, HELD_OUT_COLOUR_SHAPES, OPENMOJI_ATTRIBUTION, TEXTURES, ImageCaptionFolder,
-                            OpenMoji, Shapes)
+                            OpenMoji, Shapes, openmoji_source)
 from minimagen.guidance import guided_model_fn
 from minimagen.samplers import ddim_sample
 from minimagen.schedules import NoiseSchedule, schedule_from_spec
@@ -60,6 +62,25 @@ def sr_inputs(lowres: Tensor, size: int, aug_level: Tensor, schedule: NoiseSched
     return {"lowres": noise_augment(upsample(lowres, size), aug_level, schedule, noise), "aug_level": aug_level}
 
 
+def check_sr_sizes(low_size: int, high_size: int, crop: int | None) -> int:
+    """The upsampling factor of an SR stage from ``low_size`` to ``high_size`` px, trained on ``crop`` px windows
+    (None: whole images); ValueError unless the sizes divide and the crop maps onto whole low-res pixels."""
+    if high_size <= low_size or high_size % low_size:
+        raise ValueError(f"high_size ({high_size}) must be a multiple of low_size ({low_size}) and larger")
+    factor = high_size // low_size
+    if crop is not None and (crop > high_size or crop % factor or crop < factor):
+        raise ValueError(f"crop must be a multiple of {factor} between {factor} and {high_size}, got {crop}")
+    return factor
+
+
+def crop_window(seed: int, index: int, crop: int, factor: int, high_size: int) -> tuple[int, int]:
+    """Top-left corner ``(y, x)``, in high-res pixels, of item ``index``'s ``crop`` px window, drawn from
+    ``(seed, index)`` on the low-res grid, so that it maps onto whole high-res pixels."""
+    rng = np.random.default_rng([seed, index, 1])
+    y, x = (int(v) for v in rng.integers(0, (high_size - crop) // factor + 1, size=2))
+    return y * factor, x * factor
+
+
 class SuperResolutionPairs(Dataset):
     """Aligned (high-res, low-res, caption) views of Shapes scenes for training an SR stage.
 
@@ -71,11 +92,7 @@ class SuperResolutionPairs(Dataset):
 
     def __init__(self, low_size: int, high_size: int, crop: int | None = None, length: int = 10_000,
                  seed: int = 0, max_objects: int = 2, textures: tuple[str, ...] = TEXTURES) -> None:
-        if high_size <= low_size or high_size % low_size:
-            raise ValueError(f"high_size ({high_size}) must be a multiple of low_size ({low_size}) and larger")
-        factor = high_size // low_size
-        if crop is not None and (crop > high_size or crop % factor or crop < factor):
-            raise ValueError(f"crop must be a multiple of {factor} between {factor} and {high_size}, got {crop}")
+        factor = check_sr_sizes(low_size, high_size, crop)
         self.low = Shapes(size=low_size, length=length, seed=seed, max_objects=max_objects, textures=textures)
         self.high = Shapes(size=high_size, length=length, seed=seed, max_objects=max_objects, textures=textures)
         self.factor, self.crop, self.seed = factor, crop, seed
@@ -90,10 +107,7 @@ class SuperResolutionPairs(Dataset):
         """
         if self.crop is None:
             return None
-        rng = np.random.default_rng([self.seed, index, 1])
-        cells = self.crop // self.factor
-        y, x = (int(v) for v in rng.integers(0, self.low.size - cells + 1, size=2))
-        return y * self.factor, x * self.factor
+        return crop_window(self.seed, index, self.crop, self.factor, self.high.size)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
         high, caption = self.high[index]  # (3, H, H)
@@ -109,38 +123,38 @@ class SuperResolutionPairs(Dataset):
 class DownsampledPairs(Dataset):
     """Aligned (high-res, low-res, caption) views of any captioned images, for training an SR stage on data
     other than Shapes (``ImageCaptionFolder``, ``OpenMoji``): ``images`` gives each image at ``high_size``,
-    and the low-res view is that image area-averaged down to ``low_size`` (what a renderer at the lower size
-    would draw, and what a base model learns to make). ``crop`` cuts windows the way ``SuperResolutionPairs``
-    does, drawn deterministically from ``(seed, index)``."""
+    and the low-res view is that image area-averaged down to ``low_size`` (close to what a base model trained
+    on the same images at the lower size draws). With ``crop``, every read of an image cuts another window:
+    item ``index`` is image ``index % len(images)`` and its window is drawn from ``(seed, index)``, as
+    ``SuperResolutionPairs`` draws its own, so the dataset is ``windows`` times as long as ``images``."""
 
-    def __init__(self, images: Dataset, low_size: int, high_size: int, crop: int | None = None, seed: int = 0) -> None:
-        if high_size <= low_size or high_size % low_size:
-            raise ValueError(f"high_size ({high_size}) must be a multiple of low_size ({low_size}) and larger")
-        factor = high_size // low_size
-        if crop is not None and (crop > high_size or crop % factor or crop < factor):
-            raise ValueError(f"crop must be a multiple of {factor} between {factor} and {high_size}, got {crop}")
-        self.images, self.factor, self.crop, self.seed = images, factor, crop, seed
+    def __init__(self, images: Dataset, low_size: int, high_size: int, crop: int | None = None, seed: int = 0,
+                 windows: int = 1000) -> None:
+        self.factor = check_sr_sizes(low_size, high_size, crop)
+        self.images, self.crop, self.seed = images, crop, seed
         self.low_size, self.high_size = low_size, high_size
+        self.windows = 1 if crop is None else checks.integer("windows", windows)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) * self.windows
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
-        high, caption = self.images[index]  # (3, H, H)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        high, caption = self.images[index % len(self.images)]  # (3, H, H)
         if high.shape[-2:] != (self.high_size, self.high_size):
-            raise ValueError(f"image {index} is {list(high.shape)}; DownsampledPairs needs [3, {self.high_size}, "
-                             f"{self.high_size}] (give the dataset size={self.high_size})")
+            raise ValueError(f"image {index % len(self.images)} is {list(high.shape)}; DownsampledPairs needs "
+                             f"[3, {self.high_size}, {self.high_size}] (give the dataset size={self.high_size})")
         if self.crop is not None:
-            rng = np.random.default_rng([self.seed, index, 1])
-            y, x = (int(v) * self.factor for v in rng.integers(0, (self.high_size - self.crop) // self.factor + 1, size=2))
+            y, x = crop_window(self.seed, index, self.crop, self.factor, self.high_size)
             high = high[:, y : y + self.crop, x : x + self.crop]  # (3, crop, crop)
         return high, F.avg_pool2d(high[None], self.factor)[0], caption  # low: (3, crop/f, crop/f)
 
 
 class SuperResolutionTrainer(Trainer):
-    """The Trainer for an SR stage on ``SuperResolutionPairs``: each batch's low-res images are upsampled and
-    noised at levels drawn from [0, ``config.max_aug_level``) (noise-conditioning augmentation, Imagen §2.4),
-    and the U-Net is told the level. The sample grids condition on the first items' low-res images at a
+    """The Trainer for an SR stage on (high, low, caption) items (``SuperResolutionPairs``, ``DownsampledPairs``):
+    each batch's low-res images are upsampled and noised at levels drawn from [0, ``config.max_aug_level``)
+    (noise-conditioning augmentation, Imagen §2.4), and the U-Net is told the level. The sample grids condition on the first items' low-res images at a
     fixed level."""
 
     def model_inputs(self, items: list[tuple], size: int) -> dict[str, Tensor]:
@@ -167,11 +181,15 @@ STAGES = {"base": (64, None, None), "sr256": (256, 64, None), "sr1024": (1024, 2
 TEXT_MODEL_WIDTH = 128
 
 
-def start_from(model: UNet, path: str | os.PathLike) -> None:
+def start_from(model: UNet, path: str | os.PathLike, *, text: dict | None = None, schedule: dict | None = None) -> None:
     """Load exported weights into a freshly built ``model`` to fine-tune it (``minimagen train --init``);
     ValueError naming the difference when the file holds another architecture (its training crop aside: a
-    fully convolutional SR U-Net runs at any size)."""
+    fully convolutional SR U-Net runs at any size) or, where given, was trained with another ``text`` encoder
+    or noise ``schedule`` than the run's."""
     state, header = read_weights(path)
+    for name, ours in (("text", text), ("schedule", schedule)):
+        if ours is not None and header.get(name) != ours:
+            raise ValueError(f"--init {str(path)!r} was trained with {name} {header.get(name)}, this run uses {ours}")
     theirs = UNetConfig.from_dict({**header["config"], "image_size": model.config.image_size})
     if theirs != model.config:
         differ = [f.name for f in dataclasses.fields(theirs) if getattr(theirs, f.name) != getattr(model.config, f.name)]
@@ -182,8 +200,9 @@ def start_from(model: UNet, path: str | os.PathLike) -> None:
 
 @dataclass(frozen=True)
 class StageRecipe:
-    """What ``minimagen train --stage ...`` builds for one stage of the cascade on Shapes, and records in every
-    checkpoint of the run: the U-Net (a preset, sized for the stage), its schedule, its text encoder, its data."""
+    """What ``minimagen train --stage ...`` builds for one stage of the cascade (on Shapes, OpenMoji or a folder
+    of images), and records in every checkpoint of the run: the U-Net (a preset, sized for the stage), its
+    schedule, its text encoder, its data."""
 
     stage: str = "base"  # "base", "sr256" or "sr1024" (``STAGES``)
     unet: str = "base-s"  # a name in ``unet.PRESETS``
@@ -204,8 +223,8 @@ class StageRecipe:
     # what to train on: "shapes" (procedural scenes), "openmoji" (data.OpenMoji's training split, on white)
     # or a folder of images with captions (data.ImageCaptionFolder); SR stages area-average its images down
     data: str = "shapes"
-    # a weights file (minimagen export) to start from instead of random weights: fine-tuning. Its U-Net must
-    # be the one the recipe builds (the same preset and stage; the training crop may differ)
+    # a weights file (minimagen export) to start from instead of random weights: fine-tuning. Its U-Net must be
+    # the one the recipe builds (the same architecture, inputs and text encoder; the training crop may differ)
     init: str | None = None
 
     def __post_init__(self) -> None:
@@ -240,19 +259,20 @@ class StageRecipe:
             return self.image_size or size, None, None
         return size, low, self.crop or crop
 
-    def metadata(self, command: str) -> dict:
-        """What the run's checkpoints record besides the model and training configs."""
+    def metadata(self, command: str, init: dict | None = None) -> dict:
+        """What the run's checkpoints record besides the model and training configs (``init``: the weights file
+        the run started from and its SHA-256)."""
         size, low, crop = self.shapes
         if self.data == "shapes":
             data = {"dataset": "Shapes", "size": size, "seed": self.seed, "max_objects": 2}
         elif self.data == "openmoji":
-            data = {"dataset": "OpenMoji", "size": size, "seed": self.seed, "split": "train", "background": "#ffffff",
-                    "licence": "CC BY-SA 4.0", "attribution": OPENMOJI_ATTRIBUTION}
+            data = {"dataset": "OpenMoji", **openmoji_source(), "size": size, "seed": self.seed, "split": "train",
+                    "background": "#ffffff", "licence": "CC BY-SA 4.0", "attribution": OPENMOJI_ATTRIBUTION}
         else:
             data = {"dataset": "ImageCaptionFolder", "size": size, "seed": self.seed,
                     "root": str(pathlib.Path(self.data).resolve())}
-        if self.init is not None:
-            data["init"] = {"weights": str(pathlib.Path(self.init).resolve()), "sha256": sha256_file(self.init)}
+        if init is not None:
+            data["init"] = init
         if self.hold_out_colour_shapes:
             data["held_out_colour_shapes"] = sorted(map(list, HELD_OUT_COLOUR_SHAPES))
         if low is not None:
@@ -280,8 +300,7 @@ class StageRecipe:
         with torch.random.fork_rng(devices=[]):  # the initial weights, without touching the caller's global RNG
             torch.manual_seed(self.seed)
             model = UNet(unet_config)
-        if self.init is not None:
-            start_from(model, self.init)
+        init = self._start(model, out_dir)
         trainer_class = Trainer if low is None else SuperResolutionTrainer
         if self.data == "shapes" and low is None:
             pairs = ALL_COLOUR_SHAPES - HELD_OUT_COLOUR_SHAPES if self.hold_out_colour_shapes else None
@@ -291,9 +310,33 @@ class StageRecipe:
         else:
             data = OpenMoji(size) if self.data == "openmoji" else ImageCaptionFolder(self.data, size)
             if low is not None:
+                small = data.smaller_than(size) if isinstance(data, ImageCaptionFolder) else []
+                if small:
+                    warnings.warn(f"{len(small)} of the {len(data)} images in {self.data} are smaller than {size} px, "
+                                  f"so this {self.stage} stage learns to draw their upsampling blur: {small[:5]}",
+                                  stacklevel=2)
                 data = DownsampledPairs(data, low_size=low, high_size=size, crop=crop, seed=self.seed)
         return trainer_class(model, data, schedule_from_spec(self.schedule), config, out_dir, text_encoder=encoder,
-                             device=device, extra_metadata=self.metadata(command), workers=workers, parallel=parallel)
+                             device=device, extra_metadata=self.metadata(command, init), workers=workers,
+                             parallel=parallel)
+
+    def _start(self, model: UNet, out_dir) -> dict | None:
+        """Load ``--init``'s weights into a new run's ``model`` and return the record of them the checkpoints keep.
+        A run being resumed takes its weights from its checkpoint, and its record from there too (so the file
+        may be gone); ValueError if ``--init`` names another file than the run started from."""
+        previous = list_checkpoints(out_dir)
+        if previous:
+            init = TrainingState(previous[-1]).meta.get("data", {}).get("init")
+            given = str(pathlib.Path(self.init).resolve()) if self.init is not None else None
+            if given is not None and (init is None or init["weights"] != given):
+                raise ValueError(f"{str(out_dir)!r} holds a run started from {init and init['weights']}, not from "
+                                 f"--init {self.init!r}: resume it with the --init it started with, or use a new --out")
+            return init
+        if self.init is None:
+            return None
+        start_from(model, self.init, text={"encoder": self.text_encoder_name, "max_length": self.max_length},
+                   schedule=self.schedule)
+        return {"weights": str(pathlib.Path(self.init).resolve()), "sha256": sha256_file(self.init)}
 
 
 @dataclass
@@ -341,34 +384,79 @@ class Stage:
                            threshold=threshold, generator=generator, device=device, progress=progress)
 
 
+INDEX = "imagen.json"  # a cascade folder's index: the text encoder and the stages' names, in order
+
+
+def read_index(folder: str | os.PathLike) -> tuple[dict, list[str]]:
+    """The text encoder record and the stage names of a cascade folder's ``imagen.json``."""
+    path = pathlib.Path(folder) / INDEX
+    if not path.is_file():
+        raise ValueError(f"{str(folder)!r} has no {INDEX}: not a cascade folder (Imagen.save_pretrained or "
+                         f"minimagen export --cascade write one)")
+    try:
+        index = json.loads(path.read_text())
+        text, names = index["text"], index["stages"]
+        text["encoder"], text["max_length"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{str(path)!r} is not a valid cascade index (expected JSON with 'text' "
+                         f"{{'encoder', 'max_length'}} and 'stages'): {err}") from err
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{str(path)!r}: 'stages' must be a list of stage names, got {names!r}")
+    return text, names
+
+
+def write_index(folder: str | os.PathLike, text: dict, names: list[str]) -> None:
+    index = {"text": {"encoder": text["encoder"], "max_length": text["max_length"]}, "stages": list(names)}
+    atomic_write_bytes(pathlib.Path(folder) / INDEX, (json.dumps(index, indent=2) + "\n").encode())
+
+
+def check_order(stages: list[tuple[str, int, bool]], complete: bool = True) -> None:
+    """A cascade's stages as (name, output size, is super-resolution), in order: a base model first, then
+    super-resolution stages, each larger than the one before; ValueError naming the first that is not.
+    ``complete=False`` accepts a cascade still being put together, whose base may not be there yet."""
+    if not stages:
+        raise ValueError("stages must hold at least the base stage")
+    if complete and stages[0][2]:
+        raise ValueError(f"the first stage ({stages[0][0]}) must be a base model, not a super-resolution one")
+    for (prev, prev_size, _), (name, size, sr) in zip(stages, stages[1:]):
+        if not sr:
+            raise ValueError(f"stage {name} follows {prev} but takes no low-resolution input")
+        if size <= prev_size:
+            raise ValueError(f"stage {name} ({size} px) must be larger than {prev} ({prev_size} px)")
+
+
 def add_to_cascade(weights: str | os.PathLike) -> list[str]:
     """List an exported stage (``minimagen export``'s weights file) in its folder's ``imagen.json``, written if
     absent, so that ``Imagen.from_pretrained(folder)`` (``minimagen sample --models folder``) runs it with the
-    folder's other stages, smallest output first. Returns the stages listed. The stages of one cascade must
-    read captions with one text encoder."""
+    folder's other stages, smallest output first. Returns the stages listed. ValueError, leaving the index as
+    it was, unless the stages make a cascade, or the part of one exported so far (``check_order``; an SR stage
+    after the stage whose size it was trained to enlarge), read by one text encoder."""
     path = pathlib.Path(weights)
-    folder, index_path = path.parent, path.parent / "imagen.json"
-
-    def header(name: str) -> dict:
-        return read_weights(folder / f"{name}.safetensors")[1]
-
-    text = header(path.stem).get("text")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"weights must be a .safetensors file in the cascade's folder, got {str(path)!r}")
+    folder = path.parent
+    headers = {path.stem: read_weights(path)[1]}
+    text = headers[path.stem].get("text")
     if not isinstance(text, dict) or "encoder" not in text:
         raise ValueError(f"{str(path)!r} does not record its text encoder: export it with `minimagen export`")
     names = [path.stem]
-    if index_path.is_file():
-        try:
-            index = json.loads(index_path.read_text())
-            index["text"], index["stages"][:0]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{str(index_path)!r} is not a cascade index (JSON with 'text' and 'stages'): {err}") from err
-        if index["text"] != text:
+    if (folder / INDEX).is_file():
+        theirs, listed = read_index(folder)
+        if theirs != text:
             raise ValueError(f"{str(path)!r} reads captions with {text}, the cascade in {str(folder)!r} with "
-                             f"{index['text']}: one cascade, one text encoder")
-        names += [n for n in index["stages"] if n != path.stem]
-    names.sort(key=lambda n: int(header(n)["size"]))
-    index = {"text": {"encoder": text["encoder"], "max_length": text["max_length"]}, "stages": names}
-    atomic_write_bytes(index_path, (json.dumps(index, indent=2) + "\n").encode())
+                             f"{theirs}: one cascade, one text encoder")
+        names += [n for n in listed if n != path.stem]
+    for name in names[1:]:
+        headers[name] = read_weights(folder / f"{name}.safetensors")[1]
+    names.sort(key=lambda n: int(headers[n]["size"]))
+    check_order([(n, int(headers[n]["size"]), bool(headers[n]["config"].get("lowres_channels"))) for n in names],
+                complete=False)
+    for prev, name in zip(names, names[1:]):
+        low = STAGES.get(headers[name].get("stage"), (None, None, None))[1]
+        if low is not None and low != int(headers[prev]["size"]):
+            raise ValueError(f"stage {name} was trained on {low} px inputs, but follows {prev} "
+                             f"({headers[prev]['size']} px)")
+    write_index(folder, text, names)
     return names
 
 
@@ -443,15 +531,7 @@ class Imagen:
     """
 
     def __init__(self, text_encoder, stages: list[Stage]) -> None:
-        if not stages:
-            raise ValueError("stages must hold at least the base stage")
-        if stages[0].is_super_resolution:
-            raise ValueError(f"the first stage ({stages[0].name}) must be a base model, not a super-resolution one")
-        for prev, stage in zip(stages, stages[1:]):
-            if not stage.is_super_resolution:
-                raise ValueError(f"stage {stage.name} follows {prev.name} but takes no low-resolution input")
-            if stage.size <= prev.size:
-                raise ValueError(f"stage {stage.name} ({stage.size} px) must be larger than {prev.name} ({prev.size} px)")
+        check_order([(stage.name, stage.size, stage.is_super_resolution) for stage in stages])
         gives_ids = getattr(text_encoder, "output", "embeddings") == "ids"
         for stage in stages:
             own = stage.unet.config.text_model  # a text model of its own reads token ids
@@ -563,25 +643,17 @@ class Imagen:
         for stage in self.stages:
             save_weights(stage.unet, folder / f"{stage.name}.safetensors", stage.unet.config.to_dict(),
                          extra={"stage": stage.name, "schedule": stage.schedule_spec, "size": stage.size})
-        index = {"text": {"encoder": self.text_encoder.name, "max_length": self.text_encoder.max_length},
-                 "stages": [stage.name for stage in self.stages]}
-        atomic_write_bytes(folder / "imagen.json", (json.dumps(index, indent=2) + "\n").encode())
+        write_index(folder, {"encoder": self.text_encoder.name, "max_length": self.text_encoder.max_length},
+                    [stage.name for stage in self.stages])
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, text_encoder=None, device: str = "cpu") -> "Imagen":
-        """Load a cascade written by ``save_pretrained`` (the text encoder is loaded by name unless given)."""
+        """Load a cascade folder (``save_pretrained``, ``minimagen export --cascade``); the text encoder is loaded
+        by name unless given."""
         folder = pathlib.Path(folder)
-        index_path = folder / "imagen.json"
-        if not index_path.is_file():
-            raise ValueError(f"{str(folder)!r} has no imagen.json: not a folder written by Imagen.save_pretrained")
-        try:
-            index = json.loads(index_path.read_text())
-            encoder_name, max_length, names = index["text"]["encoder"], index["text"]["max_length"], index["stages"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{str(index_path)!r} is not a valid cascade index (expected JSON with 'text' "
-                             f"{{'encoder', 'max_length'}} and 'stages'): {err}") from err
+        text, names = read_index(folder)
         if text_encoder is None:
-            text_encoder = TextEncoder(encoder_name, max_length=max_length, device=device)
+            text_encoder = TextEncoder(text["encoder"], max_length=text["max_length"], device=device)
         stages = []
         for name in names:
             unet, header = load_unet(folder / f"{name}.safetensors")

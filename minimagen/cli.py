@@ -426,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "sample", sample, "text -> image with a saved cascade (every stage in turn)")
     p.add_argument("prompts", nargs="+", help="one or more prompts, e.g. \"a small red striped circle on the left\"")
-    p.add_argument("--models", default=None, help="folder written by Imagen.save_pretrained (default: data/checkpoints)")
+    p.add_argument("--models", default=None, help="a cascade folder: imagen.json and its stages (Imagen.save_pretrained, "
+                   "minimagen export --cascade; default: data/checkpoints)")
     p.add_argument("--out", default="out/sample.png", help="PNG of the last stage")
     p.add_argument("--all-stages", action="store_true", help="also write the smaller stages' images")
     p.add_argument("--guidance", type=_non_negative_float, nargs="+", default=None,
@@ -452,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive_int, default=16, help="channels of the first block (x2, x4, x4 below)")
     _add_schedule(p)  # must match the base model's
 
-    p = _command(sub, "train", train, "train a stage on Shapes, OpenMoji or your own images (resumes from the newest checkpoint in --out)")
+    p = _command(sub, "train", train, "train a stage on Shapes, OpenMoji or your own images (resumes from the newest "
+                 "checkpoint in --out)")
     p.add_argument("--stage", choices=sorted(STAGES), default="base",
                    help="base (text -> 64 px), sr256 (64 -> 256 px) or sr1024 (256 -> 1024 px, on crops)")
     p.add_argument("--out", required=True, help="run folder for checkpoints")
@@ -470,8 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--max-t", type=_non_negative_int, default=0, help="draw training timesteps from [0, this) only: "
-                   "train the low-noise end alone, e.g. to fine-tune a stage there (0: every timestep)")
-    p.add_argument("--warmup-steps", type=_positive_int, default=100,
+                   "train the low-noise end alone, e.g. to fine-tune a stage there; such a stage is only tested "
+                   "below this (0: every timestep)")
+    p.add_argument("--warmup-steps", type=_non_negative_int, default=100,
                    help="the learning rate rises linearly to --lr over the first this many steps")
     p.add_argument("--lr-decay-steps", type=_non_negative_int, default=0,
                    help="anneal: the learning rate falls linearly to 0 over the last this many of --steps (0: constant)")
@@ -615,8 +618,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(path, str) and pathlib.Path(path).is_dir():
                 raise ValueError(f"{path!r} is a folder; expected a file name to write")
         status = args.func(args)
-    except (ValueError, TypeError, OSError, KeyError) as error:
-        # The library's errors name the argument and what it expected; here they become one line.
+    except (ValueError, TypeError, OSError, KeyError, ImportError) as error:
+        # The library's errors name the argument and what it expected (an optional package missing: the command
+        # that installs it); here they become one line.
         if args.debug:
             raise
         message = str(error) if not isinstance(error, KeyError) else f"missing entry {error}"

@@ -122,6 +122,7 @@ class OneProcess:
     is the other kind: each process takes a slice of every batch, and only one writes files."""
 
     is_main = True  # the process that writes checkpoints, sample grids and progress
+    world = 1  # processes sharing each step
 
     def local(self, batch_size: int) -> slice:
         """This process's share of a batch of ``batch_size``."""
@@ -377,6 +378,14 @@ class Trainer:
         return path
 
     # -- checkpoints --------------------------------------------------------------------------
+    def _machines(self) -> list[str]:
+        """Every machine the run has trained on, in order (a resumed run may move): ``hardware_description``,
+        with the number of processes under ``torchrun``."""
+        here = hardware_description(self.device)
+        if self.parallel.world > 1:
+            here += f", {self.parallel.world} processes"
+        return self.hardware if here in self.hardware else self.hardware + [here]
+
     def checkpoint_path(self, step: int) -> pathlib.Path:
         return self.out_dir / f"{CHECKPOINT_PREFIX}{step:08d}.safetensors"
 
@@ -389,8 +398,7 @@ class Trainer:
             "model_config": _model_config(self.model),
             **fastpath.draws_record(self.config.draws, self.device),
             **self.extra_metadata,
-            # every machine the run has trained on, in order (a resumed run may move)
-            "hardware": self.hardware + [h for h in [hardware_description(self.device)] if h not in self.hardware],
+            "hardware": self._machines(),
         }
         path = self.checkpoint_path(self.step)
         save_training_state(path, model=self.model, ema=self.ema, optimizer=self.optimizer,
@@ -436,7 +444,11 @@ def _data_source(data: dict[str, Any] | None) -> str | None:
     """Which images a run's metadata says it trains on ("Shapes", "OpenMoji", or a folder), for resume checks."""
     if not data or "dataset" not in data:
         return None
-    return f"{data['dataset']} {data['root']!r}" if "root" in data else str(data["dataset"])
+    if "root" in data:
+        return f"{data['dataset']} {data['root']!r}"
+    if "openmoji" in data:
+        return f"{data['dataset']} {data['openmoji']} named with Unicode {data['unicode']}"
+    return str(data["dataset"])
 
 
 def _model_config(model: torch.nn.Module, stored: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -486,7 +498,7 @@ def save_demo(trainer: Trainer, path: str | pathlib.Path, command: str = "") -> 
         "uncond32", trainer.model, schedule=DEMO_SCHEDULE,
         data={"dataset": "Shapes", "size": 32, "seed": trainer.config.seed, "max_objects": 1, "textures": ["plain"]},
         command=command, train_config=dataclasses.asdict(trainer.config), steps=trainer.step,
-        wall_time=trainer.wall_time, history=trainer.history, hardware=hardware_description(trainer.device),
+        wall_time=trainer.wall_time, history=trainer.history, hardware="; ".join(trainer._machines()),
     )
     save_weights(trainer.ema, path, trainer.model.config.to_dict(), card=card,
                  extra={"stage": "uncond32", "schedule": DEMO_SCHEDULE})

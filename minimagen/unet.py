@@ -62,9 +62,6 @@ class UNetConfig:
     text_max_length: int = 0
 
     def __post_init__(self):
-        if self.patch_size > 1 and (self.patch_head < 1 or self.patch_head % min(self.groups, self.patch_head)):
-            raise ValueError(f"UNetConfig.patch_head must be a positive width (a multiple of groups={self.groups}, "
-                             f"or fewer) for patch_size > 1, got {self.patch_head}")
         # JSON gives lists back; the config keeps tuples so that it stays hashable and comparable.
         for name in ("channel_mults", "blocks_per_level", "self_attention_levels", "cross_attention_levels"):
             object.__setattr__(self, name, tuple(getattr(self, name)))  # frozen: set once, here
@@ -76,9 +73,12 @@ class UNetConfig:
                 raise ValueError(f"UNetConfig.{name} needs {levels} entries, got {getattr(self, name)}")
         if any(b < 1 for b in self.blocks_per_level):
             raise ValueError(f"UNetConfig.blocks_per_level must be >= 1, got {self.blocks_per_level}")
-        for name in ("image_size", "in_channels", "out_channels", "groups", "num_heads", "patch_size"):
+        for name in ("image_size", "in_channels", "out_channels", "groups", "num_heads", "patch_size", "patch_head"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.patch_size > 1 and self.patch_head % min(self.groups, self.patch_head):
+            raise ValueError(f"UNetConfig.patch_head must be a multiple of groups={self.groups} (or fewer channels) "
+                             f"for patch_size > 1, got {self.patch_head}")
         if self.channels < 2 or self.channels % 2 or self.channels % self.groups:
             raise ValueError(f"UNetConfig.channels must be even and divisible by groups={self.groups}, "
                              f"got {self.channels}")

@@ -237,3 +237,29 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it():
     assert native_bf16("meta") is False
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16", "cpu")
+
+
+def test_downsampled_pairs_cut_a_new_window_at_every_read_and_average_it_down():
+    from minimagen.cascade import DownsampledPairs
+
+    images = [(torch.rand(3, 64, 64) * 2 - 1, f"picture {i}") for i in range(3)]
+    pairs = DownsampledPairs(images, low_size=16, high_size=64, crop=32, seed=0, windows=50)
+    assert len(pairs) == 150
+    high, low, caption = pairs[4]  # picture 1, its second window
+    assert caption == "picture 1" and high.shape == (3, 32, 32) and low.shape == (3, 8, 8)
+    torch.testing.assert_close(low, torch.nn.functional.avg_pool2d(high[None], 4)[0])
+    # the window moves between reads of one picture, on the low-res grid, and is the same for the same index
+    corners = set()
+    for index in range(1, 150, 3):
+        h, _, _ = pairs[index]
+        matches = [(y, x) for y in range(0, 33, 4) for x in range(0, 33, 4)
+                   if torch.equal(images[1][0][:, y:y + 32, x:x + 32], h)]
+        assert len(matches) == 1
+        corners.add(matches[0])
+    assert len(corners) > 10 and torch.equal(pairs[4][0], high)
+    whole = DownsampledPairs(images, low_size=16, high_size=64)
+    assert len(whole) == 3 and whole[2][0].shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="needs \\[3, 128, 128\\]"):
+        DownsampledPairs(images, low_size=32, high_size=128)[0]
+    with pytest.raises(ValueError, match="crop must be a multiple of 4"):
+        DownsampledPairs(images, low_size=16, high_size=64, crop=30)

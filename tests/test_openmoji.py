@@ -1,6 +1,7 @@
 """Tests for minimagen.data.OpenMoji: captions from Unicode names, the fixed split, rendering at any size."""
 
 import builtins
+import unicodedata
 
 import pytest
 import torch
@@ -24,7 +25,9 @@ def test_captions_are_the_lower_case_unicode_names_of_the_sequence():
 
 def test_split_is_fixed_disjoint_and_keeps_skin_tone_variants_together():
     train, held_out, everything = (OpenMoji(16, split=s) for s in ("train", "held_out", "all"))
-    assert len(train) + len(held_out) == len(everything) == 4024  # every drawing with a name (Unicode 14)
+    assert len(train) + len(held_out) == len(everything)
+    if unicodedata.unidata_version == "14.0.0":  # Python 3.11; a newer Python names more drawings
+        assert len(everything) == 4024
     assert not set(train.files) & set(held_out.files)
     assert 0.07 < len(held_out) / len(everything) < 0.13
     assert held_out.files == OpenMoji(16, split="held_out").files  # fixed: a hash, no random state
