@@ -1,8 +1,8 @@
 """How long does text -> 64 -> 256 -> 1024 take on this machine? Per stage, with the shipped stage sizes.
 
 Times one prompt through each stage of the shipped cascade (data/checkpoints) at the default sampling
-settings of `minimagen sample` (25 steps per stage, ancestral for the base; guidance on the base stage only, so
-only the base runs a doubled batch; static thresholding). `--random-weights` builds the stages from the
+settings of `minimagen sample` (`cascade.sampling_defaults`: ancestral, 25 steps, 10 at 1024 px; guidance
+on the base stage only, so only the base runs a doubled batch; static thresholding). `--random-weights` builds the stages from the
 U-Net presets instead (speed does not depend on the weights), to size other presets. Compares the total with the goal of
 issue 5 (at most 3 minutes for one prompt on the 2-core CPU) and each SR forward pass with DESIGN.md's
 reference (a 16-channel SR U-Net without attention: ~1.7 s per 1024x1024 forward pass), and the total
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from minimagen.cascade import Imagen, Stage, native_bf16, resolve_precision
+from minimagen.cascade import Imagen, Stage, native_bf16, resolve_precision, sampling_defaults
 from minimagen.checkpoint import SHIPPED_DIR
 from minimagen.unet import PRESETS, UNet
 
@@ -67,9 +67,10 @@ def main() -> None:
     parser.add_argument("--base", default="base-s")
     parser.add_argument("--sr256", default="sr-s")
     parser.add_argument("--sr1024", default="sr-xs")
-    parser.add_argument("--steps", type=int, nargs=3, default=[25, 25, 25], help="steps per stage (minimagen sample's)")
-    parser.add_argument("--eta", type=float, nargs=3, default=[1.0, 0.0, 0.0],
-                        help="DDIM's noise level per stage (minimagen sample's: ancestral base, deterministic SR)")
+    parser.add_argument("--steps", type=int, nargs=3, default=None,
+                        help="steps per stage (default: minimagen sample's, cascade.sampling_defaults)")
+    parser.add_argument("--eta", type=float, nargs=3, default=None,
+                        help="DDIM's noise level per stage (default: minimagen sample's, ancestral everywhere)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                         help="as `minimagen sample --precision`")
     parser.add_argument("--threads", type=int, default=0)
@@ -94,6 +95,9 @@ def main() -> None:
     results = {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "precision": args.precision, "precision_asked": asked, "native_bf16": native,
                "weights": "random (presets)" if args.random_weights else "shipped (data/checkpoints)", "stages": {}}
+    default_steps, default_eta = sampling_defaults(stages)
+    args.steps, args.eta = args.steps or default_steps, args.eta or default_eta
+    results["sampling"] = {"steps": args.steps, "eta": args.eta}
     total = 0.0
     images = None
     for k, stage in enumerate(stages):

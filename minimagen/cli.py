@@ -26,7 +26,7 @@ import torch
 
 from minimagen import distributed, grading
 from minimagen.augmentation import KINDS, LEVELS, augmentation_sweep, plot_augmentation, write_sweep
-from minimagen.cascade import STAGES, Imagen, StageRecipe, add_to_cascade
+from minimagen.cascade import STAGES, Imagen, StageRecipe, add_to_cascade, sampling_defaults
 from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, list_checkpoints
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
 from minimagen.drawings import held_out_retrieval, save_drawing_encoder, train_drawing_encoder
@@ -72,7 +72,6 @@ _non_negative_float = _number(float, 0.0, "a number >= 0")
 
 
 THRESHOLDS = ["none", "static", "dynamic"]
-SAMPLE_STEPS = 25  # `minimagen sample`'s steps for every stage (see `sample`)
 
 
 def _threshold(text: str) -> str:
@@ -155,13 +154,9 @@ def sample(args: argparse.Namespace) -> None:
     if not all(p.strip() for p in args.prompts):
         raise ValueError(f"expected a non-empty prompt, got {args.prompts!r}")
     imagen = Imagen.from_pretrained(args.models or SHIPPED_DIR, device=args.device)
-    # Defaults: 25 steps for every stage, ancestral (eta = 1) for the base stage and deterministic DDIM for
-    # the SR stages. On the shipped base model ancestral sampling at 25 steps draws colour and shape right
-    # more often than DDIM at 25 and at a lower Frechet distance, at every guidance weight measured
-    # (data/results/thresholding_ancestral.csv against thresholding.csv).
-    n = len(imagen.stages)
-    steps = args.steps if args.steps is not None else [SAMPLE_STEPS] * n
-    eta = args.eta if args.eta is not None else [1.0] + [0.0] * (n - 1)
+    steps, eta = sampling_defaults(imagen.stages)  # ancestral; 25 steps, 10 at 1024 px (measured: see there)
+    steps = args.steps if args.steps is not None else steps
+    eta = args.eta if args.eta is not None else eta
     start = time.perf_counter()
     images = imagen.sample(args.prompts, guidance=args.guidance, steps=steps, threshold=args.threshold,
                            eta=eta, aug_level=args.aug_level, seed=args.seed, device=args.device,
@@ -433,10 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=_non_negative_float, nargs="+", default=None,
                    help="per stage, or one for all (default: 3 for the base stage, 1 for SR stages)")
     p.add_argument("--steps", type=_positive_int, nargs="+", default=None,
-                   help="sampling steps, per stage or one for all (default: 25 for every stage)")
+                   help="sampling steps, per stage or one for all (default: 25, and 10 for a 1024 px stage)")
     p.add_argument("--eta", type=_non_negative_float, nargs="+", default=None,
-                   help="DDIM's noise level per stage, or one for all: 0 deterministic, 1 ancestral (default: 1 for "
-                        "the base stage, 0 for the SR stages)")
+                   help="DDIM's noise level per stage, or one for all: 0 deterministic, 1 ancestral (default: 1, "
+                        "ancestral, for every stage)")
     p.add_argument("--threshold", choices=THRESHOLDS, default="static",
                    help="static: on the shipped base model static and none agree at every guidance weight, and "
                         "dynamic falls behind from w = 4 (data/results/thresholding*.csv)")

@@ -263,3 +263,11 @@ def test_downsampled_pairs_cut_a_new_window_at_every_read_and_average_it_down():
         DownsampledPairs(images, low_size=32, high_size=128)[0]
     with pytest.raises(ValueError, match="crop must be a multiple of 4"):
         DownsampledPairs(images, low_size=16, high_size=64, crop=30)
+
+
+def test_sampling_defaults_are_ancestral_with_fewer_steps_at_1024():
+    from minimagen.cascade import sampling_defaults
+
+    stages = [type("S", (), {"size": size})() for size in (64, 256, 1024)]
+    assert sampling_defaults(stages) == ([25, 25, 10], [1.0, 1.0, 1.0])
+    assert sampling_defaults(stages[:2]) == ([25, 25], [1.0, 1.0])

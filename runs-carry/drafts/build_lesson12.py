@@ -275,7 +275,20 @@ SUMMARY-PLACEHOLDER
 
 ## Exercises
 
-EXERCISES-PLACEHOLDER
+1. The synonym test above asks about colours. Run it for the shapes and textures (`words["shape"]`,
+   `words["texture"]`, in the same phrase "a ... circle" or a phrase of your own). Which attribute's synonyms
+   does the pretrained MiniLM place nearest their originals, and does the `synonyms` set's colour-and-shape
+   rate agree?
+2. One word at a time: build a `PromptSet` (`minimagen.encoders.PromptSet`) whose prompts change only the
+   colour word of each held-out caption to a synonym, measure the `minilm` and `bow` models on it with
+   `measure_model`, and compare with the all-synonyms set. Is one unknown word enough to break the prompt?
+3. The bag of words has no order and no context: "a red circle on the left and a blue square on the right"
+   and "a blue circle on the left and a red square on the right" give it the same set of token vectors.
+   Find, in the held-out set, prompts with two objects of different colours, and count how often each model
+   paints each object the other's colour (`minimagen.metrics` reads colour per position).
+4. Imagen's Fig. 4a/4b compare encoder sizes and U-Net sizes at a fixed budget. Without a larger pretrained
+   encoder offline, train the `minilm` recipe with `--unet base-m` (3 seeds, `scripts/train_encoders.sh` as
+   a template) and add it to the table: does a larger U-Net move the synonyms row at all?
 """)
 
 nb = new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},

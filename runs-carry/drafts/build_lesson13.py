@@ -193,7 +193,7 @@ plt.show()
 
 md(r"""
 On a CPU the switches that change the arithmetic pay and the others do not. bf16 autocast is the largest
-single gain here (this CPU has bfloat16 instructions), channels-last the next; drawing the random numbers
+single gain in this run, channels-last the next; drawing the random numbers
 "on the device" changes nothing when the device *is* the CPU, and a fused optimiser step matters only where
 launching a kernel per parameter is expensive, which is on a GPU. `torch.compile` buys little for a U-Net
 whose time is in large convolutions. The guided step is the instructive surprise: on the CPU, one doubled
