@@ -1,5 +1,7 @@
 """Shared test helpers."""
 
+import builtins
+
 import pytest
 
 from minimagen.unet import UNet, UNetConfig
@@ -16,3 +18,20 @@ def tiny_cascade_unet():
                                aug_level_conditioning=sr))
 
     return make
+
+
+@pytest.fixture
+def without_module(monkeypatch):
+    """``without_module(name)``: from then on in the test, importing ``name`` fails as if it were not installed."""
+
+    def block(missing: str) -> None:
+        real_import = builtins.__import__
+
+        def fake_import(name, *args, **kwargs):
+            if name == missing:
+                raise ImportError(f"No module named {missing!r}", name=missing)
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", fake_import)
+
+    return block

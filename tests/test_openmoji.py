@@ -1,6 +1,5 @@
 """Tests for minimagen.data.OpenMoji: captions from Unicode names, the fixed split, rendering at any size."""
 
-import builtins
 import unicodedata
 
 import pytest
@@ -51,20 +50,13 @@ def test_drawings_render_at_any_size_and_agree_across_sizes():
     assert torch.equal(dark[:, 0, 0], -torch.ones(3))
 
 
-def test_bad_arguments_and_missing_packages_are_explained(monkeypatch):
+def test_bad_arguments_and_missing_packages_are_explained(without_module):
     with pytest.raises(ValueError, match="split"):
         OpenMoji(64, split="test")
     with pytest.raises(ValueError, match="background"):
         OpenMoji(64, background="not a colour")
     with pytest.raises(ValueError, match="size"):
         OpenMoji(2)
-    real_import = builtins.__import__
-
-    def no_resvg(name, *args, **kwargs):
-        if name == "resvg_py":
-            raise ImportError("No module named 'resvg_py'", name="resvg_py")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_resvg)
+    without_module("resvg_py")
     with pytest.raises(ImportError, match=r"resvg_py is missing.*pip install -e \"\.\[openmoji\]\""):
         OpenMoji(64)
