@@ -137,6 +137,20 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return state, meta
 
 
+def load_reader(path: str | os.PathLike, kind: str, build) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A small network written with ``save_weights`` whose config names its ``kind`` (a probe, a classifier, a
+    drawing encoder): ``build(config)`` makes it, the weights (fp16 on disk) load in float32; returns it in eval
+    mode with the file's header. ValueError if the file holds another kind."""
+    state, header = read_weights(path)
+    config = header.get("config", {})
+    if config.get("kind") != kind:
+        article = "an" if kind[0] in "AEIOU" else "a"
+        raise ValueError(f"checkpoint {str(path)!r} holds a {config.get('kind')!r}, not {article} {kind}")
+    module = build(config)
+    load_state_strict(module, state, path)
+    return module.eval(), header
+
+
 # -- model cards ----------------------------------------------------------------------------------------------
 
 FINAL_LOSS_WINDOW = 10  # a card's "final_loss" is the mean of the last this-many logged losses

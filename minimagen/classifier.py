@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimagen import checks
-from minimagen.checkpoint import load_state_strict, model_card, read_weights, save_weights
+from minimagen.checkpoint import load_reader, model_card, save_weights
 from minimagen.data import HELD_OUT_SEED, POSITIONS, Shapes, parse_caption
 from minimagen.diffusion import ModelFn, prediction_of
 from minimagen.guidance import as_eps
@@ -154,10 +154,5 @@ def save_noisy_classifier(classifier: NoisyClassifier, path, schedule_spec: dict
 
 def load_noisy_classifier(path) -> tuple[NoisyClassifier, dict]:
     """Load a classifier written by ``minimagen classifier``: ``(classifier in eval mode, header)``."""
-    state, header = read_weights(path)
-    config = header.get("config", {})
-    if config.get("kind") != "NoisyClassifier":
-        raise ValueError(f"checkpoint {str(path)!r} holds a {config.get('kind')!r}, not a NoisyClassifier")
-    classifier = NoisyClassifier(width=config["width"], feature_dim=config["feature_dim"])
-    load_state_strict(classifier, state, path)
-    return classifier.eval(), header
+    return load_reader(path, "NoisyClassifier",
+                       lambda c: NoisyClassifier(width=c["width"], feature_dim=c["feature_dim"]))

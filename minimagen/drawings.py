@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from minimagen import checks
-from minimagen.checkpoint import load_state_strict, model_card, read_weights, save_weights
+from minimagen.checkpoint import load_reader, model_card, save_weights
 from minimagen.data import OPENMOJI_ATTRIBUTION, OpenMoji
 from minimagen.metrics import feature_statistics, frechet_distance
 
@@ -167,10 +167,4 @@ def save_drawing_encoder(encoder: DrawingEncoder, path, *, losses: list[float], 
 
 def load_drawing_encoder(path) -> DrawingEncoder:
     """Load an encoder written by ``save_drawing_encoder`` (fp16 on disk, float32 in memory), in eval mode."""
-    state, header = read_weights(path)
-    config = header.get("config", {})
-    if config.get("kind") != "DrawingEncoder":
-        raise ValueError(f"checkpoint {str(path)!r} holds a {config.get('kind')!r}, not a DrawingEncoder")
-    encoder = DrawingEncoder(config["width"], config["dim"])
-    load_state_strict(encoder, state, path)
-    return encoder.eval()
+    return load_reader(path, "DrawingEncoder", lambda c: DrawingEncoder(c["width"], c["dim"]))[0]

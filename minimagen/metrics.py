@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from minimagen.checkpoint import load_state_strict, model_card, read_weights, save_weights
+from minimagen.checkpoint import load_reader, model_card, save_weights
 from minimagen.data import BACKGROUND, COLOURS, HELD_OUT_SEED, POSITIONS, Scene, Shapes, SHAPES, SIZES, parse_caption
 
 # What the probe reads at each position: is there an object, and if so its colour, shape and size.
@@ -273,10 +273,5 @@ def save_probe(probe: AttributeProbe, path, *, losses: list[float], training: di
 
 def load_probe(path) -> AttributeProbe:
     """Load a probe written by ``minimagen probe`` (fp16 on disk, float32 in memory), in eval mode."""
-    state, header = read_weights(path)
-    config = header["config"]
-    if config.get("kind") != "AttributeProbe":
-        raise ValueError(f"checkpoint {str(path)!r} holds a {config.get('kind')!r}, not an AttributeProbe")
-    probe = AttributeProbe(width=config["width"], feature_dim=config["feature_dim"])
-    load_state_strict(probe, state, path)
-    return probe.eval()
+    return load_reader(path, "AttributeProbe",
+                       lambda c: AttributeProbe(width=c["width"], feature_dim=c["feature_dim"]))[0]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minimagen import checks
-from minimagen.checkpoint import load_state_strict, model_card, read_weights, save_weights
+from minimagen.checkpoint import load_reader, model_card, save_weights
 from minimagen.data import HELD_OUT_SEED, POSITIONS, TEXTURES, Scene, Shapes
 from minimagen.metrics import IGNORE, corrupt, fit_attribute_reader
 
@@ -159,10 +159,4 @@ def save_texture_probe(probe: TextureProbe, path, *, losses: list[float], traini
 
 def load_texture_probe(path) -> TextureProbe:
     """Load a probe written by ``minimagen texture-probe`` (fp16 on disk, float32 in memory), in eval mode."""
-    state, header = read_weights(path)
-    config = header.get("config", {})
-    if config.get("kind") != "TextureProbe":
-        raise ValueError(f"checkpoint {str(path)!r} holds a {config.get('kind')!r}, not a TextureProbe")
-    probe = TextureProbe(width=config["width"])
-    load_state_strict(probe, state, path)
-    return probe.eval()
+    return load_reader(path, "TextureProbe", lambda c: TextureProbe(width=c["width"]))[0]
