@@ -30,7 +30,8 @@ from minimagen.cascade import STAGES, Imagen, StageRecipe, add_to_cascade, sampl
 from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, list_checkpoints
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
 from minimagen.drawings import held_out_retrieval, save_drawing_encoder, train_drawing_encoder
-from minimagen.encoders import PROMPT_SETS, measure_model, plot_encoders, prompt_set, summarize, write_rows
+from minimagen.encoders import (PROMPT_SETS, measure_model, plot_encoders, prompt_set, read_comment, read_rows,
+                                summarize, write_rows)
 from minimagen.evaluate import (
     base_imagen, card_record, per_image_path, plot_steps, plot_sweep, read_csv, sr_quality, steps_sweep, threshold_sweep,
     write_csv,
@@ -308,10 +309,24 @@ def _encoder_model(text: str) -> tuple[str, str]:
 
 def evaluate_encoders(args: argparse.Namespace) -> None:
     """``eval encoders``: base models that differ in their text encoder, on the prompt sets of
-    ``encoders.PROMPT_SETS``, with an interval over each encoder's training seeds (Imagen §4.4)."""
+    ``encoders.PROMPT_SETS``, with an interval over each encoder's training seeds (Imagen §4.4). With
+    ``--append``, the models join the rows already in ``--out`` (a model measured again replaces its rows),
+    which must have been measured with the same settings."""
     for _, path in args.model:
         if not pathlib.Path(path).is_file():
             raise ValueError(f"--model {path!r}: no such weights file")
+    out = pathlib.Path(args.out)
+    settings = (f"{args.n} prompts per set, w = {args.guidance:g}, {args.steps} steps, eta {args.eta:g}, "
+                f"{args.threshold} thresholding, {args.precision}")
+    kept, commands = [], []
+    if args.append and out.is_file():
+        comment = read_comment(out)
+        if not comment or comment[-1] != settings:
+            raise ValueError(f"--append: {out} was measured with {comment[-1] if comment else 'unknown settings'!r}, "
+                             f"not {settings!r}; measure all models again, or match its settings")
+        measured = {str(pathlib.Path(path)) for _, path in args.model}
+        kept = [r for r in read_rows(out) if str(pathlib.Path(r.model)) not in measured]
+        commands = comment[:-1]
     probe = load_probe(args.probe)
     sets = [prompt_set(name, args.n) for name in args.sets]
     rows = []
@@ -322,9 +337,8 @@ def evaluate_encoders(args: argparse.Namespace) -> None:
         for r in rows[-len(sets):]:
             print(f"{name:14s} {r.prompt_set:13s} alignment {r.alignment:.3f} ± {r.alignment_se:.3f}  colour&shape "
                   f"{r.colour_and_shape:.3f} ± {r.colour_and_shape_se:.3f}  ({path})")
-    out = pathlib.Path(args.out)
-    write_rows(rows, out, comment=f"{args.command_line}\n{args.n} prompts per set, w = {args.guidance:g}, {args.steps} "
-                                  f"steps, eta {args.eta:g}, {args.threshold} thresholding, {args.precision}")
+    rows = kept + rows
+    write_rows(rows, out, comment="\n".join(commands + [args.command_line, settings]))
     figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
     plot_encoders(rows, title=f"{args.n} prompts per set, w = {args.guidance:g}").savefig(figure, dpi=120)
     for r in summarize(rows):
@@ -532,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", choices=THRESHOLDS, default="static")
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--out", default="data/results/encoders.csv")
+    p.add_argument("--append", action="store_true", help="add these models to the rows already in --out (same "
+                   "settings); a model measured again replaces its rows")
     p.add_argument("--figure", default=None, help="PNG (default: the CSV's name with .png)")
     _add_precision(p)
     p = _command(evals, "sr", evaluate_sr, "one SR stage on real low-res renders: sharpness and consistency vs bicubic")

@@ -135,6 +135,12 @@ def write_rows(rows: Sequence[EncoderRow], path: str | pathlib.Path, comment: st
     return pathlib.Path(path)
 
 
+def read_comment(path: str | pathlib.Path) -> list[str]:
+    """The ``# comment`` lines ``write_rows`` put before the rows, without their ``# ``."""
+    lines = pathlib.Path(path).read_text().splitlines()
+    return [line[2:] if line.startswith("# ") else line[1:] for line in lines if line.startswith("#")]
+
+
 def read_rows(path: str | pathlib.Path) -> list[EncoderRow]:
     """Rows written by ``write_rows``."""
     lines = [line for line in pathlib.Path(path).read_text().splitlines() if not line.startswith("#")]

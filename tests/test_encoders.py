@@ -61,6 +61,20 @@ def test_eval_encoders_measures_each_model_on_each_set(tmp_path, monkeypatch):
         ("bow", "held-out"), ("bow", "synonyms")]
     assert all(0 <= r.alignment <= 1 and r.n == 3 for r in rows)
     assert out.read_text().startswith("# minimagen eval encoders") and out.with_suffix(".png").is_file()
+    # --append: a model measured again replaces its rows, the others stay, both commands are recorded
+    first = out.read_text()
+    assert cli.main(["eval", "encoders", "--model", models[0], "--n", "3", "--steps", "2", "--sets", "held-out",
+                     "synonyms", "--out", str(out), "--append", "--quiet", "--threads", "1"]) == 0
+    again = encoders.read_rows(out)
+    assert [r.model for r in again] == [r.model for r in rows[2:] + rows[:2]]
+    assert again[-2:] == rows[:2]  # same noise, same model: the same numbers
+    comment = encoders.read_comment(out)
+    assert len(comment) == 3 and comment[0].startswith("minimagen eval encoders") and "--append" in comment[1]
+    # other settings cannot join the table: one line, the file untouched
+    before = out.read_text()
+    assert cli.main(["eval", "encoders", "--model", models[0], "--n", "3", "--steps", "3", "--sets", "held-out",
+                     "--out", str(out), "--append", "--quiet", "--threads", "1"]) == 2
+    assert out.read_text() == before != first
     with pytest.raises(SystemExit) as exit_info:  # NAME=PATH expected: argparse's one line
         cli.main(["eval", "encoders", "--model", "bow", "--quiet"])
     assert exit_info.value.code == 2
