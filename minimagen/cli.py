@@ -30,8 +30,8 @@ from minimagen.cascade import STAGES, Imagen, StageRecipe, add_to_cascade, sampl
 from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, list_checkpoints
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
 from minimagen.drawings import held_out_retrieval, save_drawing_encoder, train_drawing_encoder
-from minimagen.encoders import (PROMPT_SETS, measure_model, plot_encoders, prompt_set, read_comment, read_rows,
-                                summarize, write_rows)
+from minimagen.encoders import (PROMPT_SETS, measure_model, mismatched_alignment, plot_encoders, prompt_set,
+                                read_comment, read_rows, summarize, write_rows)
 from minimagen.evaluate import (
     base_imagen, card_record, per_image_path, plot_steps, plot_sweep, read_csv, sr_quality, steps_sweep, threshold_sweep,
     write_csv,
@@ -340,7 +340,8 @@ def evaluate_encoders(args: argparse.Namespace) -> None:
     rows = kept + rows
     write_rows(rows, out, comment="\n".join(commands + [args.command_line, settings]))
     figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
-    plot_encoders(rows, title=f"{args.n} prompts per set, w = {args.guidance:g}").savefig(figure, dpi=120)
+    floor = mismatched_alignment(probe, prompt_set("held-out", args.n))
+    plot_encoders(rows, title=f"{args.n} prompts per set, w = {args.guidance:g}", floor=floor).savefig(figure, dpi=120)
     for r in summarize(rows):
         print(f"{r['encoder']:14s} {r['prompt_set']:13s} alignment {r['alignment']:.3f} ± {r['ci95']:.3f} "
               f"(95% CI over {r['seeds']} seeds)")

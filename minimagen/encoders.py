@@ -32,7 +32,7 @@ from minimagen.cascade import upsample
 from minimagen.checkpoint import atomic_write_bytes
 from minimagen.data import HELD_OUT_COLOUR_SHAPES, HELD_OUT_SEED, Shapes, caption, paraphrase, render
 from minimagen.evaluate import base_imagen, measure, sample_in_batches
-from minimagen.metrics import AttributeProbe
+from minimagen.metrics import AttributeProbe, alignment
 
 PROMPT_SETS = ("held-out", "compositions", "synonyms", "reordered")
 PROBE_SIZE = 64  # the probe reads 64 px images; a smaller model's samples are upsampled to it
@@ -99,6 +99,13 @@ def measure_model(path: str | pathlib.Path, encoder: str, probe: AttributeProbe,
     return rows
 
 
+def mismatched_alignment(probe: AttributeProbe, ps: PromptSet) -> float:
+    """What an image that ignores its prompt scores: the set's real renders against the caption of the next
+    scene in the set (the floor of the alignment scale for these scenes)."""
+    shifted = list(ps.captions[1:]) + list(ps.captions[:1])
+    return alignment(probe, ps.real, shifted).mean().item()
+
+
 # Two-sided 95% quantiles of Student's t for 1 to 10 degrees of freedom (an interval over a few seeds).
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
@@ -149,25 +156,34 @@ def read_rows(path: str | pathlib.Path) -> list[EncoderRow]:
                           for k, v in record.items()}) for record in csv.DictReader(lines)]
 
 
-def plot_encoders(rows: Sequence[EncoderRow], title: str | None = None):
-    """Alignment per prompt set, one bar per encoder with its 95% interval over seeds. Returns the figure."""
+def plot_encoders(rows: Sequence[EncoderRow], title: str | None = None, floor: float | None = None):
+    """Alignment per prompt set, one bar per encoder (the mean over its seeds, with its 95% interval) and a
+    dot per seed; ``floor``, if given, is drawn as a dashed line (e.g. real images scored against another
+    scene's caption). Returns the figure."""
     import matplotlib.pyplot as plt
 
     table = summarize(rows)
     encoders = list(dict.fromkeys(r["encoder"] for r in table))
     sets = list(dict.fromkeys(r["prompt_set"] for r in table))
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(sets), 3.6))
+    fig, ax = plt.subplots(figsize=(2.6 + 1.6 * len(sets), 3.6))
     width = 0.8 / len(encoders)
     for i, encoder in enumerate(encoders):
         mine = {r["prompt_set"]: r for r in table if r["encoder"] == encoder}
         xs = [j + (i - (len(encoders) - 1) / 2) * width for j in range(len(sets))]
-        ax.bar(xs, [mine[s]["alignment"] for s in sets], width,
-               yerr=[0 if math.isnan(mine[s]["ci95"]) else mine[s]["ci95"] for s in sets], capsize=3, label=encoder)
+        bars = ax.bar(xs, [mine[s]["alignment"] for s in sets], width, label=encoder,
+                      yerr=[0 if math.isnan(mine[s]["ci95"]) else mine[s]["ci95"] for s in sets], capsize=3,
+                      error_kw={"elinewidth": 1})
+        for x, name in zip(xs, sets):
+            seeds = [r.alignment for r in rows if r.encoder == encoder and r.prompt_set == name]
+            ax.plot([x] * len(seeds), seeds, "o", ms=3, color="black", alpha=0.6,
+                    markerfacecolor=bars.patches[0].get_facecolor())
+    if floor is not None:
+        ax.axhline(floor, color="grey", ls="--", lw=1, label="caption of another scene")
     ax.set_xticks(range(len(sets)), sets)
     ax.set_xlabel("prompt set")
-    ax.set_ylabel("alignment (probe), mean over seeds ± 95% CI")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("alignment (probe)\nmean over seeds, 95% CI, dots: seeds")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     if title:
         ax.set_title(title)
     fig.tight_layout()

@@ -79,3 +79,14 @@ def test_eval_encoders_measures_each_model_on_each_set(tmp_path, monkeypatch):
         cli.main(["eval", "encoders", "--model", "bow", "--quiet"])
     assert exit_info.value.code == 2
     assert cli.main(["eval", "encoders", "--model", f"bow={tmp_path / 'nope.safetensors'}", "--quiet"]) == 2
+
+
+def test_mismatched_alignment_is_the_floor_of_the_scale():
+    from minimagen.checkpoint import shipped_checkpoint
+    from minimagen.metrics import alignment, load_probe
+
+    probe = load_probe(shipped_checkpoint("probe"))
+    ps = encoders.prompt_set("held-out", 32)
+    floor = encoders.mismatched_alignment(probe, ps)
+    own = alignment(probe, ps.real, ps.captions).mean().item()
+    assert 0.1 < floor < 0.6 < 0.95 < own  # another scene's caption is mostly wrong, the scene's own right
