@@ -126,6 +126,27 @@ def summarize(rows: Sequence[EncoderRow], value: str = "alignment") -> list[dict
     return out
 
 
+def compare(rows: Sequence[EncoderRow], first: str, second: str, prompt_set: str,
+            value: str = "alignment") -> dict:
+    """How much ``first``'s models beat ``second``'s on one prompt set: the difference of their means over
+    training seeds and a 95% interval for it (Welch's t, its degrees of freedom rounded down, so the interval
+    errs wide). Each encoder needs at least two seeds."""
+    groups = []
+    for encoder in (first, second):
+        values = [getattr(r, value) for r in rows if r.encoder == encoder and r.prompt_set == prompt_set]
+        if len(values) < 2:
+            raise ValueError(f"compare needs at least two seeds of {encoder!r} on {prompt_set!r}, got {len(values)}")
+        mean = sum(values) / len(values)
+        groups.append((mean, sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values), len(values)))
+    (mean_a, var_a, k_a), (mean_b, var_b, k_b) = groups
+    se = math.sqrt(var_a + var_b)
+    if se == 0:
+        return {"difference": mean_a - mean_b, "ci95": 0.0, "df": k_a + k_b - 2}
+    df = se ** 4 / (var_a ** 2 / (k_a - 1) + var_b ** 2 / (k_b - 1))  # Welch-Satterthwaite
+    df = max(1, min(int(df + 1e-9), len(_T95)))  # (the tolerance keeps an exact 2 from rounding to 1)
+    return {"difference": mean_a - mean_b, "ci95": _T95[df - 1] * se, "df": df}
+
+
 _FIELDS = [f.name for f in dataclasses.fields(EncoderRow)]
 
 

@@ -90,3 +90,40 @@ def test_mismatched_alignment_is_the_floor_of_the_scale():
     floor = encoders.mismatched_alignment(probe, ps)
     own = alignment(probe, ps.real, ps.captions).mean().item()
     assert 0.1 < floor < 0.6 < 0.95 < own  # another scene's caption is mostly wrong, the scene's own right
+
+
+def test_the_shipped_encoder_models_and_their_recorded_table():
+    """Lesson 12's models: one per encoder (seed 0), each rebuilding its text encoder from its card, trained
+    without the held-out colour-shape pairs; the recorded table has at least three seeds of each on every set."""
+    import json
+
+    from minimagen.checkpoint import SHIPPED_DIR, load_unet
+    from minimagen.data import HELD_OUT_COLOUR_SHAPES
+
+    expected = {"minilm": ("minilm", None), "minilm-random": ("minilm-random", None),
+                "transformer": ("minilm-tokens", "transformer"), "bow": ("minilm-tokens", "bow")}
+    for name, (text_encoder, own_model) in expected.items():
+        path = SHIPPED_DIR / "encoders" / f"{name}.safetensors"
+        unet, header = load_unet(path)
+        card = json.loads(path.with_suffix(".json").read_text())
+        assert header["text"]["encoder"] == card["text"]["encoder"] == text_encoder
+        assert unet.config.text_model == own_model and unet.config.image_size == 32
+        assert {tuple(p) for p in card["data"]["held_out_colour_shapes"]} == set(HELD_OUT_COLOUR_SHAPES)
+        assert card["training"]["steps"] == 4000 and card["training"]["seed"] == 0
+    table = encoders.summarize(encoders.read_rows(SHIPPED_DIR.parent / "results" / "encoders.csv"))
+    assert {(r["encoder"], r["prompt_set"]) for r in table} >= {(e, s) for e in expected for s in encoders.PROMPT_SETS}
+    assert all(r["seeds"] >= 3 for r in table if r["encoder"] in expected)
+
+
+def test_compare_gives_welch_intervals_for_a_difference():
+    def row(encoder, value):
+        return encoders.EncoderRow(encoder, "m", "synonyms", 8, value, 0.01, value, 0.01, 1.0)
+
+    rows = [row("a", v) for v in (0.5, 0.6, 0.7)] + [row("b", v) for v in (0.3, 0.3, 0.3)]
+    d = encoders.compare(rows, "a", "b", "synonyms")
+    # b has no spread: the interval is a's own (t with 2 degrees of freedom, sd 0.1 over sqrt(3))
+    assert d["difference"] == pytest.approx(0.3) and d["df"] == 2
+    assert d["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert encoders.compare(rows, "b", "b", "synonyms") == {"difference": 0.0, "ci95": 0.0, "df": 4}
+    with pytest.raises(ValueError, match="two seeds of 'c'"):
+        encoders.compare(rows, "a", "c", "synonyms")
