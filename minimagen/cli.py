@@ -340,7 +340,8 @@ def evaluate_encoders(args: argparse.Namespace) -> None:
     rows = kept + rows
     write_rows(rows, out, comment="\n".join(commands + [args.command_line, settings]))
     figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
-    floor = mismatched_alignment(probe, prompt_set("held-out", args.n))
+    held_out = next((ps for ps in sets if ps.name == "held-out"), None) or prompt_set("held-out", args.n)
+    floor = mismatched_alignment(probe, held_out)
     plot_encoders(rows, title=f"{args.n} prompts per set, w = {args.guidance:g}", floor=floor).savefig(figure, dpi=120)
     for r in summarize(rows):
         print(f"{r['encoder']:14s} {r['prompt_set']:13s} alignment {r['alignment']:.3f} ± {r['ci95']:.3f} "

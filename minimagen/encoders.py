@@ -110,18 +110,29 @@ def mismatched_alignment(probe: AttributeProbe, ps: PromptSet) -> float:
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
-def summarize(rows: Sequence[EncoderRow], value: str = "alignment") -> list[dict]:
-    """Per (encoder, prompt set): the mean of ``value`` over the encoder's models (training seeds) and a 95%
-    confidence interval over them (Student's t; NaN with one seed), in order of appearance."""
+def _seed_values(rows: Sequence[EncoderRow], value: str) -> dict[tuple[str, str], list[float]]:
+    """``value`` of each model, grouped by (encoder, prompt set) in order of appearance: one entry per seed."""
     groups: dict[tuple[str, str], list[float]] = {}
     for r in rows:
         groups.setdefault((r.encoder, r.prompt_set), []).append(getattr(r, value))
+    return groups
+
+
+def _mean_and_sq_se(values: Sequence[float]) -> tuple[float, float]:
+    """The mean of a few seeds' values and its squared standard error (NaN with one value)."""
+    k = len(values)
+    mean = sum(values) / k
+    return mean, (sum((v - mean) ** 2 for v in values) / (k - 1) / k if k > 1 else float("nan"))
+
+
+def summarize(rows: Sequence[EncoderRow], value: str = "alignment") -> list[dict]:
+    """Per (encoder, prompt set): the mean of ``value`` over the encoder's models (training seeds) and a 95%
+    confidence interval over them (Student's t; NaN with one seed), in order of appearance."""
     out = []
-    for (encoder, name), values in groups.items():
+    for (encoder, name), values in _seed_values(rows, value).items():
         k = len(values)
-        mean = sum(values) / k
-        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1)) if k > 1 else float("nan")
-        half = _T95[min(k - 1, len(_T95)) - 1] * sd / math.sqrt(k) if k > 1 else float("nan")
+        mean, sq_se = _mean_and_sq_se(values)
+        half = _T95[min(k - 1, len(_T95)) - 1] * math.sqrt(sq_se) if k > 1 else float("nan")
         out.append({"encoder": encoder, "prompt_set": name, "seeds": k, value: mean, "ci95": half})
     return out
 
@@ -131,13 +142,13 @@ def compare(rows: Sequence[EncoderRow], first: str, second: str, prompt_set: str
     """How much ``first``'s models beat ``second``'s on one prompt set: the difference of their means over
     training seeds and a 95% interval for it (Welch's t, its degrees of freedom rounded down, so the interval
     errs wide). Each encoder needs at least two seeds."""
+    seeds = _seed_values(rows, value)
     groups = []
     for encoder in (first, second):
-        values = [getattr(r, value) for r in rows if r.encoder == encoder and r.prompt_set == prompt_set]
+        values = seeds.get((encoder, prompt_set), [])
         if len(values) < 2:
             raise ValueError(f"compare needs at least two seeds of {encoder!r} on {prompt_set!r}, got {len(values)}")
-        mean = sum(values) / len(values)
-        groups.append((mean, sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values), len(values)))
+        groups.append((*_mean_and_sq_se(values), len(values)))
     (mean_a, var_a, k_a), (mean_b, var_b, k_b) = groups
     se = math.sqrt(var_a + var_b)
     if se == 0:
