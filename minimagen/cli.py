@@ -31,7 +31,7 @@ from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, li
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
 from minimagen.drawings import held_out_retrieval, save_drawing_encoder, train_drawing_encoder
 from minimagen.encoders import (PROMPT_SETS, measure_model, mismatched_alignment, plot_encoders, prompt_set,
-                                read_comment, read_rows, summarize, write_rows)
+                                plot_guidance, read_comment, read_rows, summarize, write_rows)
 from minimagen.evaluate import (
     base_imagen, card_record, per_image_path, plot_steps, plot_sweep, read_csv, sr_quality, steps_sweep, threshold_sweep,
     write_csv,
@@ -308,15 +308,19 @@ def _encoder_model(text: str) -> tuple[str, str]:
 
 
 def evaluate_encoders(args: argparse.Namespace) -> None:
-    """``eval encoders``: base models that differ in their text encoder, on the prompt sets of
-    ``encoders.PROMPT_SETS``, with an interval over each encoder's training seeds (Imagen §4.4). With
+    """``eval encoders``: base models that differ in their text encoder (or their U-Net), on the prompt sets of
+    ``encoders.PROMPT_SETS``, with an interval over each name's training seeds (Imagen §4.4), at one guidance
+    weight (a bar chart per set) or several (alignment against Fréchet distance, Imagen Fig. 4). With
     ``--append``, the models join the rows already in ``--out`` (a model measured again replaces its rows),
     which must have been measured with the same settings."""
     for _, path in args.model:
         if not pathlib.Path(path).is_file():
             raise ValueError(f"--model {path!r}: no such weights file")
+    if len(set(args.guidance)) != len(args.guidance):
+        raise ValueError(f"--guidance: expected different weights, got {' '.join(f'{w:g}' for w in args.guidance)}")
     out = pathlib.Path(args.out)
-    settings = (f"{args.n} prompts per set, w = {args.guidance:g}, {args.steps} steps, eta {args.eta:g}, "
+    weights = ", ".join(f"{w:g}" for w in args.guidance)
+    settings = (f"{args.n} prompts per set, w = {weights}, {args.steps} steps, eta {args.eta:g}, "
                 f"{args.threshold} thresholding, {args.precision}")
     kept, commands = [], []
     if args.append and out.is_file():
@@ -331,21 +335,27 @@ def evaluate_encoders(args: argparse.Namespace) -> None:
     sets = [prompt_set(name, args.n) for name in args.sets]
     rows = []
     for name, path in args.model:
-        rows += measure_model(path, name, probe, sets, guidance=args.guidance, steps=args.steps, eta=args.eta,
-                              threshold=args.threshold, seed=args.seed, batch_size=args.batch_size,
-                              precision=args.precision, device=args.device)
-        for r in rows[-len(sets):]:
-            print(f"{name:14s} {r.prompt_set:13s} alignment {r.alignment:.3f} ± {r.alignment_se:.3f}  colour&shape "
-                  f"{r.colour_and_shape:.3f} ± {r.colour_and_shape_se:.3f}  ({path})")
+        for w in args.guidance:
+            rows += measure_model(path, name, probe, sets, guidance=w, steps=args.steps, eta=args.eta,
+                                  threshold=args.threshold, seed=args.seed, batch_size=args.batch_size,
+                                  precision=args.precision, device=args.device)
+            for r in rows[-len(sets):]:
+                print(f"{name:14s} w = {w:<4g} {r.prompt_set:13s} alignment {r.alignment:.3f} ± {r.alignment_se:.3f}  "
+                      f"colour&shape {r.colour_and_shape:.3f} ± {r.colour_and_shape_se:.3f}  Fréchet "
+                      f"{r.frechet:.2f}  ({path})")
     rows = kept + rows
     write_rows(rows, out, comment="\n".join(commands + [args.command_line, settings]))
     figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
-    held_out = next((ps for ps in sets if ps.name == "held-out"), None) or prompt_set("held-out", args.n)
-    floor = mismatched_alignment(probe, held_out)
-    plot_encoders(rows, title=f"{args.n} prompts per set, w = {args.guidance:g}", floor=floor).savefig(figure, dpi=120)
+    title = f"{args.n} prompts per set, w = {weights}"
+    if len(args.guidance) > 1:
+        plot_guidance(rows, title=f"{title}; mean over seeds, 95% CI").savefig(figure, dpi=120)
+    else:
+        held_out = next((ps for ps in sets if ps.name == "held-out"), None) or prompt_set("held-out", args.n)
+        floor = mismatched_alignment(probe, held_out)
+        plot_encoders(rows, title=title, floor=floor).savefig(figure, dpi=120)
     for r in summarize(rows):
-        print(f"{r['encoder']:14s} {r['prompt_set']:13s} alignment {r['alignment']:.3f} ± {r['ci95']:.3f} "
-              f"(95% CI over {r['seeds']} seeds)")
+        print(f"{r['encoder']:14s} w = {r['guidance']:<4g} {r['prompt_set']:13s} alignment {r['alignment']:.3f} ± "
+              f"{r['ci95']:.3f} (95% CI over {r['seeds']} seeds)")
     print(f"eval encoders: wrote {out} and {figure}")
 
 
@@ -535,14 +545,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", type=_threshold, default=["static", "dynamic"])
     p.add_argument("--guidance", type=_non_negative_float, default=3.0)
     p.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM rows")
-    p = _command(evals, "encoders", evaluate_encoders, "base models that differ in their text encoder, on held-out, "
-                 "compositional and paraphrased prompts (Imagen §4.4)")
+    p = _command(evals, "encoders", evaluate_encoders, "base models that differ in their text encoder (or U-Net), "
+                 "on held-out, compositional and paraphrased prompts (Imagen §4.4, Fig. 4)")
     p.add_argument("--model", type=_encoder_model, nargs="+", required=True, metavar="NAME=PATH",
-                   help="an encoder's name and a base model trained with it; repeat a name for its other seeds")
+                   help="a name (the encoder, or what else tells the models apart) and a base model; repeat a "
+                   "name for its other seeds")
     p.add_argument("--probe", default=str(SHIPPED_DIR / "probe.safetensors"), help="default: the shipped probe")
     p.add_argument("--sets", nargs="+", choices=PROMPT_SETS, default=list(PROMPT_SETS))
     p.add_argument("--n", type=_positive_int, default=128, help="prompts per set")
-    p.add_argument("--guidance", type=_non_negative_float, default=3.0)
+    p.add_argument("--guidance", type=_non_negative_float, nargs="+", default=[3.0],
+                   help="guidance weights; several draw alignment against Fréchet distance (Imagen Fig. 4)")
     p.add_argument("--steps", type=_positive_int, default=25)
     p.add_argument("--eta", type=_non_negative_float, default=1.0, help="1: ancestral; 0: DDIM")
     p.add_argument("--threshold", choices=THRESHOLDS, default="static")

@@ -79,13 +79,14 @@ class EncoderRow:
     colour_and_shape: float
     colour_and_shape_se: float
     frechet: float
+    guidance: float = 3.0  # the classifier-free guidance weight it was sampled at
 
 
 def measure_model(path: str | pathlib.Path, encoder: str, probe: AttributeProbe, sets: Sequence[PromptSet], *,
                   guidance: float = 3.0, steps: int = 25, eta: float = 1.0, threshold: str = "static", seed: int = 0,
                   batch_size: int = 64, precision: str = "fp32", device: str = "cpu") -> list[EncoderRow]:
-    """One row per prompt set for the base model in ``path`` (its card names its text encoder); every model
-    starts from the same noise for the same set."""
+    """One row per prompt set for the base model in ``path`` (its card names its text encoder) at guidance
+    weight ``guidance``; every model starts from the same noise for the same set, whatever the weight."""
     imagen = base_imagen(path, device=device)
     rows = []
     for ps in sets:
@@ -95,7 +96,7 @@ def measure_model(path: str | pathlib.Path, encoder: str, probe: AttributeProbe,
             images = upsample(images, PROBE_SIZE)
         m = measure(probe, images, ps.captions, ps.real, guidance=guidance, threshold=threshold, steps=steps)
         rows.append(EncoderRow(encoder, str(path), ps.name, len(ps.prompts), m.alignment, m.alignment_se,
-                               m.colour_and_shape, m.colour_and_shape_se, m.frechet))
+                               m.colour_and_shape, m.colour_and_shape_se, m.frechet, float(guidance)))
     return rows
 
 
@@ -110,11 +111,12 @@ def mismatched_alignment(probe: AttributeProbe, ps: PromptSet) -> float:
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
-def _seed_values(rows: Sequence[EncoderRow], value: str) -> dict[tuple[str, str], list[float]]:
-    """``value`` of each model, grouped by (encoder, prompt set) in order of appearance: one entry per seed."""
-    groups: dict[tuple[str, str], list[float]] = {}
+def _seed_values(rows: Sequence[EncoderRow], value: str) -> dict[tuple[str, str, float], list[float]]:
+    """``value`` of each model, grouped by (encoder, prompt set, guidance weight) in order of appearance: one
+    entry per seed."""
+    groups: dict[tuple[str, str, float], list[float]] = {}
     for r in rows:
-        groups.setdefault((r.encoder, r.prompt_set), []).append(getattr(r, value))
+        groups.setdefault((r.encoder, r.prompt_set, r.guidance), []).append(getattr(r, value))
     return groups
 
 
@@ -126,26 +128,42 @@ def _mean_and_sq_se(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(rows: Sequence[EncoderRow], value: str = "alignment") -> list[dict]:
-    """Per (encoder, prompt set): the mean of ``value`` over the encoder's models (training seeds) and a 95%
-    confidence interval over them (Student's t; NaN with one seed), in order of appearance."""
+    """Per (encoder, prompt set, guidance weight): the mean of ``value`` over the encoder's models (training
+    seeds) and a 95% confidence interval over them (Student's t; NaN with one seed), in order of appearance."""
     out = []
-    for (encoder, name), values in _seed_values(rows, value).items():
+    for (encoder, name, guidance), values in _seed_values(rows, value).items():
         k = len(values)
         mean, sq_se = _mean_and_sq_se(values)
         half = _T95[min(k - 1, len(_T95)) - 1] * math.sqrt(sq_se) if k > 1 else float("nan")
-        out.append({"encoder": encoder, "prompt_set": name, "seeds": k, value: mean, "ci95": half})
+        out.append({"encoder": encoder, "prompt_set": name, "guidance": guidance, "seeds": k, value: mean,
+                    "ci95": half})
     return out
 
 
+def at_guidance(rows: Sequence[EncoderRow], guidance: float | None = None) -> list[EncoderRow]:
+    """The rows sampled at guidance weight ``guidance``; ``None``: the rows' only weight (a ``ValueError`` if
+    they hold several)."""
+    weights = sorted({r.guidance for r in rows})
+    if guidance is None:
+        if len(weights) > 1:
+            raise ValueError(f"guidance: the rows hold several guidance weights {weights}; name one")
+        return list(rows)
+    if float(guidance) not in weights:
+        raise ValueError(f"guidance must be one of the rows' weights {weights}, got {guidance!r}")
+    return [r for r in rows if r.guidance == float(guidance)]
+
+
 def compare(rows: Sequence[EncoderRow], first: str, second: str, prompt_set: str,
-            value: str = "alignment") -> dict:
-    """How much ``first``'s models beat ``second``'s on one prompt set: the difference of their means over
-    training seeds and a 95% interval for it (Welch's t, its degrees of freedom rounded down, so the interval
-    errs wide). Each encoder needs at least two seeds."""
+            value: str = "alignment", guidance: float | None = None) -> dict:
+    """How much ``first``'s models beat ``second``'s on one prompt set (at one guidance weight, see
+    ``at_guidance``): the difference of their means over training seeds and a 95% interval for it (Welch's t,
+    its degrees of freedom rounded down, so the interval errs wide). Each encoder needs at least two seeds."""
+    rows = at_guidance(rows, guidance)
     seeds = _seed_values(rows, value)
+    weight = rows[0].guidance if rows else None
     groups = []
     for encoder in (first, second):
-        values = seeds.get((encoder, prompt_set), [])
+        values = seeds.get((encoder, prompt_set, weight), [])
         if len(values) < 2:
             raise ValueError(f"compare needs at least two seeds of {encoder!r} on {prompt_set!r}, got {len(values)}")
         groups.append((*_mean_and_sq_se(values), len(values)))
@@ -194,7 +212,7 @@ def plot_encoders(rows: Sequence[EncoderRow], title: str | None = None, floor: f
     scene's caption). Returns the figure."""
     import matplotlib.pyplot as plt
 
-    table = summarize(rows)
+    table = summarize(at_guidance(rows))
     encoders = list(dict.fromkeys(r["encoder"] for r in table))
     sets = list(dict.fromkeys(r["prompt_set"] for r in table))
     fig, ax = plt.subplots(figsize=(2.6 + 1.6 * len(sets), 3.6))
@@ -218,5 +236,43 @@ def plot_encoders(rows: Sequence[EncoderRow], title: str | None = None, floor: f
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_guidance(rows: Sequence[EncoderRow], title: str | None = None):
+    """Imagen's Fig. 4 trade-off: per prompt set, alignment against Fréchet distance as the guidance weight
+    grows, one curve per name (encoder or U-Net), each point the mean over the name's seeds with its 95%
+    interval on both axes, labelled with its weight. Up and to the left is better. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    alignments, frechets = summarize(rows, "alignment"), summarize(rows, "frechet")
+    sets = list(dict.fromkeys(r["prompt_set"] for r in alignments))
+    names = list(dict.fromkeys(r["encoder"] for r in alignments))
+    fig, axes = plt.subplots(1, len(sets), figsize=(1.2 + 3.6 * len(sets), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], sets):
+        for i, encoder in enumerate(names):
+            points = [(f, a) for f, a in zip(frechets, alignments)
+                      if a["encoder"] == encoder and a["prompt_set"] == name]
+            points.sort(key=lambda p: p[1]["guidance"])
+            if not points:
+                continue
+            xs, ys = [f["frechet"] for f, _ in points], [a["alignment"] for _, a in points]
+            nan_to_0 = lambda v: 0 if math.isnan(v) else v  # noqa: E731 (one seed: no interval)
+            ax.errorbar(xs, ys, xerr=[nan_to_0(f["ci95"]) for f, _ in points],
+                        yerr=[nan_to_0(a["ci95"]) for _, a in points], marker="o", ms=4, capsize=2, lw=1.2,
+                        elinewidth=0.8, label=encoder, color=f"C{i}")
+            for x, y, (_, a) in zip(xs, ys, points):
+                ax.annotate(f"{a['guidance']:g}", (x, y), textcoords="offset points", xytext=(4, -9 + 12 * i),
+                            fontsize=7, color=f"C{i}")
+        (left, right), (bottom, top) = ax.get_xlim(), ax.get_ylim()
+        ax.set_xlim(max(left, 0), right)  # (an interval over few seeds can reach past what the scales allow)
+        ax.set_ylim(max(bottom, 0), min(top, 1.05))
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("Fréchet distance to real renders (probe features)\n(lower: closer to the data)")
+        ax.set_ylabel("alignment (probe)")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), title="numbers: w", title_fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -127,3 +127,37 @@ def test_compare_gives_welch_intervals_for_a_difference():
     assert encoders.compare(rows, "b", "b", "synonyms") == {"difference": 0.0, "ci95": 0.0, "df": 4}
     with pytest.raises(ValueError, match="two seeds of 'c'"):
         encoders.compare(rows, "a", "c", "synonyms")
+
+
+def test_several_guidance_weights_give_one_row_each_and_the_fig4_tradeoff(tmp_path, monkeypatch):
+    """``--guidance`` with several weights (Imagen Fig. 4): a row per model, set and weight; summaries and
+    comparisons keep the weights apart; old tables without the column read as w = 3."""
+    import dataclasses
+
+    from minimagen.unet import PRESETS
+
+    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(
+        PRESETS["base-s"], channels=8, channel_mults=(1, 2), blocks_per_level=(1, 1),
+        self_attention_levels=(False, False), cross_attention_levels=(False, True)))
+    run, model = tmp_path / "run", tmp_path / "small.safetensors"
+    cli.main(["train", "--out", str(run), "--unet", "tiny", "--steps", "1", "--batch-size", "2", "--max-length", "40",
+              "--sample-every", "0", "--quiet", "--threads", "1"])
+    cli.main(["export", str(run), str(model)])
+    out = tmp_path / "sizes.csv"
+    assert cli.main(["eval", "encoders", "--model", f"tiny={model}", f"tiny={model}", "--n", "3", "--steps", "2",
+                     "--sets", "held-out", "--guidance", "1", "4", "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    rows = encoders.read_rows(out)
+    assert [r.guidance for r in rows] == [1.0, 4.0, 1.0, 4.0]
+    assert "w = 1, 4" in encoders.read_comment(out)[-1] and out.with_suffix(".png").is_file()
+    table = encoders.summarize(rows, "frechet")
+    assert [(r["guidance"], r["seeds"]) for r in table] == [(1.0, 2), (4.0, 2)]
+    assert rows[0].frechet == rows[2].frechet and table[0]["ci95"] == 0  # same model, same noise
+    with pytest.raises(ValueError, match="several guidance weights"):
+        encoders.compare(rows, "tiny", "tiny", "held-out")
+    assert encoders.compare(rows, "tiny", "tiny", "held-out", guidance=4)["difference"] == 0
+    with pytest.raises(ValueError, match="guidance must be one of"):
+        encoders.at_guidance(rows, 2)
+    assert cli.main(["eval", "encoders", "--model", f"tiny={model}", "--guidance", "2", "2", "--quiet"]) == 2
+    old = tmp_path / "old.csv"  # a table from before the guidance column
+    old.write_text("\n".join(line.rsplit(",", 1)[0] for line in out.read_text().splitlines() if not line.startswith("#")))
+    assert {r.guidance for r in encoders.read_rows(old)} == {3.0}
