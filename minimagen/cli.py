@@ -29,7 +29,7 @@ from minimagen.augmentation import KINDS, LEVELS, augmentation_sweep, plot_augme
 from minimagen.cascade import STAGES, Imagen, StageRecipe, add_to_cascade, sampling_defaults
 from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, list_checkpoints
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
-from minimagen.drawings import held_out_retrieval, save_drawing_encoder, train_drawing_encoder
+from minimagen.drawings import held_out_retrieval, save_drawing_encoder, train_drawing_encoder, training_seconds
 from minimagen.encoders import (PROMPT_SETS, measure_model, mismatched_alignment, plot_encoders, prompt_set,
                                 plot_guidance, read_comment, read_rows, summarize, write_rows)
 from minimagen.evaluate import (
@@ -191,17 +191,35 @@ def reader(args: argparse.Namespace) -> None:
         fit, measure, save = (functools.partial(fit, schedule), functools.partial(measure, schedule=schedule),
                               functools.partial(save, schedule_spec=spec))
     options = {"width": args.width} if "width" in args else {}
+    state = _reader_state(args.out) if "time_limit" in args else None  # a reader that can stop and resume
+    if state is not None:
+        options.update(state_path=state, time_limit=args.time_limit)
+        if state.is_file():
+            print(f"{args.command}: resuming from {state}")
     start = time.perf_counter()
     model, losses = fit(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                         progress=not args.quiet, **options)
+    if model is None:
+        print(f"{args.command}: time limit reached at step {len(losses)} of {args.steps}; the training state is in "
+              f"{state}: the same command resumes it")
+        return
+    seconds = training_seconds(state) if state is not None else time.perf_counter() - start
     training = {"command": args.command_line, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                "seed": args.seed, "wall_time_s": round(time.perf_counter() - start, 1)}
+                "seed": args.seed, "wall_time_s": round(seconds, 1)}
     accuracy = measure(model, n=args.eval_n)
     save(model, args.out, losses=losses, training=training, accuracy=accuracy, eval_n=args.eval_n)
+    if state is not None:
+        state.unlink()
     for name, value in accuracy.items():
         table = ", ".join(f"{k} {v:.4f}" for k, v in value.items()) if isinstance(value, dict) else f"{value:.4f}"
         print(f"{args.command}: held-out accuracy ({name}) {table}")
     print(f"{args.command}: wrote {args.out}")
+
+
+def _reader_state(out: str) -> pathlib.Path:
+    """Where a resumable reader keeps its training state until it is written to ``out``."""
+    out = pathlib.Path(out)
+    return out.with_name(out.stem + ".partial.pt")
 
 
 def _shown(path: str) -> str:
@@ -470,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_reader(sub, "drawing-encoder", "train the OpenMoji feature extractor that measures models of real "
                     "drawings (needs the openmoji extra)", 2000, 128, 209)
     p.add_argument("--width", type=_positive_int, default=32, help="channels of the first convolution (x2, x4, x4 below)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop after this long, keeping the training state in OUT's folder (OUT-STEM.partial.pt); "
+                   "the same command resumes it")
     p = _add_reader(sub, "classifier", "train the noisy classifier that classifier guidance needs", 3000, 32, 500)
     p.add_argument("--width", type=_positive_int, default=16, help="channels of the first block (x2, x4, x4 below)")
     _add_schedule(p)  # must match the base model's

@@ -15,7 +15,10 @@ over to drawings it never saw.
 
 from __future__ import annotations
 
+import io
 import math
+import pathlib
+import time
 
 import torch
 import torch.nn as nn
@@ -24,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from minimagen import checks
-from minimagen.checkpoint import load_reader, model_card, save_weights
+from minimagen.checkpoint import atomic_write_bytes, load_reader, model_card, save_weights
 from minimagen.data import OPENMOJI_ATTRIBUTION, OpenMoji
 from minimagen.metrics import feature_statistics, frechet_distance
 
@@ -83,12 +86,24 @@ def contrastive_loss(a: Tensor, b: Tensor, temperature: float) -> Tensor:
 
 def train_drawing_encoder(drawings=None, *, steps: int = 2000, batch_size: int = 128, lr: float = 2e-3,
                           temperature: float = 0.1, seed: int = 0, width: int = 32, dim: int = 128,
-                          progress: bool = True) -> tuple[DrawingEncoder, list[float]]:
+                          progress: bool = True, state_path=None, time_limit: float | None = None,
+                          save_every: int = 100) -> tuple[DrawingEncoder | None, list[float]]:
     """Train a DrawingEncoder on ``drawings`` (default: ``OpenMoji(64)``'s training split, rendered once) by
     instance discrimination between two ``spoil``-ed views; AdamW with a cosine-decayed rate. Returns the
-    encoder (eval mode) and its per-step loss."""
+    encoder (eval mode) and its per-step loss.
+
+    ``state_path``: the training state (weights, optimizer, random generator, losses, seconds spent) is written
+    there atomically every ``save_every`` steps, at the end, and when ``time_limit`` seconds have passed; the
+    same call made again resumes from it (the same steps as an uninterrupted run) and returns at once if it is
+    complete. A run stopped by ``time_limit`` returns ``(None, losses so far)``."""
     checks.integer("steps", steps)
     checks.integer("batch_size", batch_size, 2)
+    checks.integer("save_every", save_every)
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "temperature": temperature, "seed": seed,
+                "width": width, "dim": dim, "drawings": None if drawings is None else len(drawings)}
+    state = _load_state(state_path, settings)
     drawings = OpenMoji(DRAWING_SIZE, split="train") if drawings is None else drawings
     images = torch.stack([drawings[i][0] for i in tqdm(range(len(drawings)), desc="rendering drawings",
                                                            disable=not progress)])  # (N, 3, 64, 64)
@@ -98,8 +113,21 @@ def train_drawing_encoder(drawings=None, *, steps: int = 2000, batch_size: int =
         torch.manual_seed(seed)
         encoder = DrawingEncoder(width, dim)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=1e-4)
-    losses = []
-    for step in tqdm(range(steps), desc="drawing encoder", disable=not progress):
+    start, losses, seconds = 0, [], 0.0
+    if state is not None:
+        encoder.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start, losses, seconds = state["step"], list(state["losses"]), state["seconds"]
+    began = time.perf_counter()
+
+    def save(step: int) -> None:
+        if state_path is not None:
+            _save_state(state_path, settings, step, encoder, optimizer, generator, losses,
+                        seconds + time.perf_counter() - began)
+
+    bar = tqdm(range(start, steps), desc="drawing encoder", disable=not progress, initial=start, total=steps)
+    for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         batch = images[torch.randperm(len(images), generator=generator)[:batch_size]]
@@ -109,7 +137,38 @@ def train_drawing_encoder(drawings=None, *, steps: int = 2000, batch_size: int =
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        done = step + 1
+        if done < steps and time_limit is not None and time.perf_counter() - began > time_limit:
+            save(done)
+            bar.close()
+            return None, losses
+        if done % save_every == 0 or done == steps:
+            save(done)
     return encoder.eval(), losses
+
+
+def _save_state(path, settings: dict, step: int, encoder: DrawingEncoder, optimizer, generator: torch.Generator,
+                losses: list[float], seconds: float) -> None:
+    buffer = io.BytesIO()
+    torch.save({"settings": settings, "step": step, "model": encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "losses": losses, "seconds": seconds}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_state(path, settings: dict) -> dict | None:
+    """The state a run with ``settings`` left in ``path`` (``None``: no file, a fresh run)."""
+    if path is None or not pathlib.Path(path).is_file():
+        return None
+    state = torch.load(path, weights_only=True)
+    if state["settings"] != settings:
+        raise ValueError(f"state_path {str(path)!r} holds a run with other settings ({state['settings']}, not "
+                         f"{settings}); delete it to start over, or use its settings")
+    return state
+
+
+def training_seconds(state_path) -> float:
+    """The training time (seconds, over every resumed part) a run recorded in its state file."""
+    return float(torch.load(state_path, weights_only=True)["seconds"])
 
 
 @torch.no_grad()

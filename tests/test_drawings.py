@@ -56,14 +56,43 @@ def test_bad_inputs_are_explained():
         retrieval(encoder, torch.zeros(2, 3, 64, 64), torch.zeros(3, 3, 64, 64), [0, 3])
 
 
-def test_the_command_trains_measures_and_ships_an_encoder(tmp_path, capsys):
+def test_training_stops_at_a_time_limit_and_resumes_to_the_same_encoder(few, tmp_path):
+    kwargs = dict(steps=6, batch_size=8, width=8, dim=16, progress=False)
+    straight, straight_losses = train_drawing_encoder(few, **kwargs)
+    state = tmp_path / "state.pt"
+    parts = 0
+    while True:  # a time limit this short stops after every step
+        encoder, losses = train_drawing_encoder(few, state_path=state, time_limit=1e-9, save_every=2, **kwargs)
+        parts += 1
+        if encoder is not None:
+            break
+        assert encoder is None and state.is_file() and len(losses) == parts
+    assert parts == 6 and losses == pytest.approx(straight_losses, abs=1e-5)
+    real = torch.stack([image for image, _ in few])
+    torch.testing.assert_close(encoder(real), straight(real), atol=1e-5, rtol=0)
+    again, _ = train_drawing_encoder(few, state_path=state, **kwargs)  # complete: returns at once
+    torch.testing.assert_close(again(real), encoder(real), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="other settings"):
+        train_drawing_encoder(few, state_path=state, **{**kwargs, "steps": 7})
+    with pytest.raises(ValueError, match="time_limit must be > 0"):
+        train_drawing_encoder(few, time_limit=0, **kwargs)
+
+
+def test_the_command_trains_measures_and_ships_an_encoder_and_resumes_after_a_time_limit(tmp_path, capsys):
     from minimagen import cli
 
     out = tmp_path / "drawing_encoder.safetensors"
-    assert cli.main(["drawing-encoder", "--steps", "3", "--batch-size", "8", "--width", "8", "--eval-n", "10",
-                     "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    command = ["drawing-encoder", "--steps", "2", "--batch-size", "8", "--width", "8", "--eval-n", "10", "--out",
+               str(out), "--quiet", "--threads", "1"]
+    assert cli.main(command + ["--time-limit", "1e-9"]) == 0
+    assert "time limit reached at step 1 of 2" in capsys.readouterr().out
+    state = tmp_path / "drawing_encoder.partial.pt"
+    assert state.is_file() and not out.exists()
+    assert cli.main(command) == 0  # the same command finishes the run
     printed = capsys.readouterr().out
+    assert "resuming from" in printed and out.is_file() and not state.exists()
     assert "held-out accuracy (top1)" in printed and "held-out accuracy (chance_top1) 0.1000" in printed
     card = json.loads(out.with_suffix(".json").read_text())
-    assert card["held_out_drawings"] == 10 and card["training"]["steps"] == 3
+    assert card["held_out_drawings"] == 10 and card["training"]["steps"] == 2 and card["training"]["wall_time_s"] >= 0
     assert load_drawing_encoder(out).width == 8
+    assert cli.main(command + ["--time-limit", "0"]) == 2
