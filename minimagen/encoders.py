@@ -242,8 +242,9 @@ def plot_encoders(rows: Sequence[EncoderRow], title: str | None = None, floor: f
 
 def plot_guidance(rows: Sequence[EncoderRow], title: str | None = None):
     """Imagen's Fig. 4 trade-off: per prompt set, alignment against Fréchet distance as the guidance weight
-    grows, one curve per name (encoder or U-Net), each point the mean over the name's seeds with its 95%
-    interval on both axes, labelled with its weight. Up and to the left is better. Returns the figure."""
+    grows, one colour per name (encoder or U-Net): a bold curve through the means over the name's seeds,
+    each point labelled with its weight, and a thin curve per seed (the spread between seeds, where an
+    interval over three seeds would cover the plot). Up and to the left is better. Returns the figure."""
     import matplotlib.pyplot as plt
 
     alignments, frechets = summarize(rows, "alignment"), summarize(rows, "frechet")
@@ -252,26 +253,25 @@ def plot_guidance(rows: Sequence[EncoderRow], title: str | None = None):
     fig, axes = plt.subplots(1, len(sets), figsize=(1.2 + 3.6 * len(sets), 3.6), squeeze=False)
     for ax, name in zip(axes[0], sets):
         for i, encoder in enumerate(names):
-            points = [(f, a) for f, a in zip(frechets, alignments)
-                      if a["encoder"] == encoder and a["prompt_set"] == name]
-            points.sort(key=lambda p: p[1]["guidance"])
+            mine = [r for r in rows if r.encoder == encoder and r.prompt_set == name]
+            for model in dict.fromkeys(r.model for r in mine):  # one thin curve per seed
+                curve = sorted((r.guidance, r.frechet, r.alignment) for r in mine if r.model == model)
+                ax.plot([c[1] for c in curve], [c[2] for c in curve], lw=0.7, alpha=0.35, color=f"C{i}")
+            points = sorted(((f["guidance"], f["frechet"], a["alignment"]) for f, a in zip(frechets, alignments)
+                             if a["encoder"] == encoder and a["prompt_set"] == name))
             if not points:
                 continue
-            xs, ys = [f["frechet"] for f, _ in points], [a["alignment"] for _, a in points]
-            nan_to_0 = lambda v: 0 if math.isnan(v) else v  # noqa: E731 (one seed: no interval)
-            ax.errorbar(xs, ys, xerr=[nan_to_0(f["ci95"]) for f, _ in points],
-                        yerr=[nan_to_0(a["ci95"]) for _, a in points], marker="o", ms=4, capsize=2, lw=1.2,
-                        elinewidth=0.8, label=encoder, color=f"C{i}")
-            for x, y, (_, a) in zip(xs, ys, points):
-                ax.annotate(f"{a['guidance']:g}", (x, y), textcoords="offset points", xytext=(4, -9 + 12 * i),
-                            fontsize=7, color=f"C{i}")
-        (left, right), (bottom, top) = ax.get_xlim(), ax.get_ylim()
-        ax.set_xlim(max(left, 0), right)  # (an interval over few seeds can reach past what the scales allow)
-        ax.set_ylim(max(bottom, 0), min(top, 1.05))
+            seeds = len({r.model for r in mine})
+            ax.plot([p[1] for p in points], [p[2] for p in points], "o-", ms=4, lw=1.8, color=f"C{i}",
+                    label=f"{encoder} ({seeds} seed{'s' if seeds > 1 else ''})")
+            for w, x, y in points:
+                ax.annotate(f"{w:g}", (x, y), textcoords="offset points", xytext=(4, -9 + 12 * i), fontsize=7,
+                            color=f"C{i}")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("Fréchet distance to real renders (probe features)\n(lower: closer to the data)")
         ax.set_ylabel("alignment (probe)")
-    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), title="numbers: w", title_fontsize=7)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), title="bold: mean; thin: seeds;\n"
+                       "numbers: w", title_fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
