@@ -27,3 +27,9 @@ for seed in $seeds; do
       --seed "$seed" --threads "${THREADS:-1}" --sample-every 0 --checkpoint-every 500 --quiet
   done
 done
+# Lesson 12's "twice as long" base-m model continues seed 2's run for another 4,000 steps (the same schedule
+# again, on new scenes) from its export:
+#   minimagen train --out runs/enc/minilm-base-m-s2-more --init runs/enc/minilm-base-m-s2.safetensors \
+#     --image-size 32 --max-length 40 --encoder minilm --unet base-m --hold-out-colour-shapes --prediction v \
+#     --steps 4000 --lr 4e-4 --lr-decay-steps 1000 --batch-size 16 --seed 12 --threads 1 --sample-every 0 \
+#     --checkpoint-every 500 --quiet

@@ -161,3 +161,25 @@ def test_several_guidance_weights_give_one_row_each_and_the_fig4_tradeoff(tmp_pa
     old = tmp_path / "old.csv"  # a table from before the guidance column
     old.write_text("\n".join(line.rsplit(",", 1)[0] for line in out.read_text().splitlines() if not line.startswith("#")))
     assert {r.guidance for r in encoders.read_rows(old)} == {3.0}
+
+
+def test_the_shipped_larger_unet_and_the_recorded_unet_size_sweep():
+    """Lesson 12's U-Net-size comparison: the shipped base-m model (seed 0) is the minilm recipe on the larger
+    preset, and the recorded sweep has three seeds of both sizes at every guidance weight on every set."""
+    from minimagen.checkpoint import SHIPPED_DIR, load_unet
+    from minimagen.data import HELD_OUT_COLOUR_SHAPES
+    from minimagen.unet import PRESETS
+
+    path = SHIPPED_DIR / "encoders" / "minilm-base-m.safetensors"
+    unet, header = load_unet(path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert header["text"]["encoder"] == "minilm" and unet.config.text_model is None and unet.config.image_size == 32
+    assert (unet.config.channels, unet.config.channel_mults) == (PRESETS["base-m"].channels,
+                                                                 PRESETS["base-m"].channel_mults)
+    assert {tuple(p) for p in card["data"]["held_out_colour_shapes"]} == set(HELD_OUT_COLOUR_SHAPES)
+    assert card["training"]["steps"] == 4000 and card["training"]["seed"] == 0
+    table = encoders.summarize(encoders.read_rows(SHIPPED_DIR.parent / "results" / "unet_size.csv"))
+    seeds = {(r["encoder"], r["prompt_set"], r["guidance"]): r["seeds"] for r in table}
+    for name in ("base-s", "base-m"):
+        for s in encoders.PROMPT_SETS:
+            assert all(seeds[name, s, w] >= 3 for w in (1.0, 2.0, 3.0, 5.0, 8.0)), (name, s)
