@@ -366,7 +366,7 @@ def evaluate_encoders(args: argparse.Namespace) -> None:
     figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
     title = f"{args.n} prompts per set, w = {weights}"
     if len(args.guidance) > 1:
-        plot_guidance(rows, title=f"{title}; mean over seeds, 95% CI").savefig(figure, dpi=120)
+        plot_guidance(rows, title=f"{title}; bold: mean over seeds, thin: each seed").savefig(figure, dpi=120)
     else:
         held_out = next((ps for ps in sets if ps.name == "held-out"), None) or prompt_set("held-out", args.n)
         floor = mismatched_alignment(probe, held_out)
