@@ -27,9 +27,12 @@ import torch
 from minimagen import distributed, grading
 from minimagen.augmentation import KINDS, LEVELS, augmentation_sweep, plot_augmentation, write_sweep
 from minimagen.cascade import STAGES, Imagen, StageRecipe, add_to_cascade, sampling_defaults
-from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, list_checkpoints
+from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, hardware_description, list_checkpoints
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
-from minimagen.drawings import held_out_retrieval, save_drawing_encoder, train_drawing_encoder, training_seconds
+from minimagen.drawings import (frechet_floor, guidance_sweep as drawing_guidance_sweep, held_out_retrieval,
+                                load_drawing_encoder, plot_sweep as plot_drawing_sweep, read_sweep as read_drawing_sweep,
+                                save_drawing_encoder, train_drawing_encoder, training_seconds,
+                                write_sweep as write_drawing_sweep)
 from minimagen.encoders import (PROMPT_SETS, measure_model, mismatched_alignment, plot_encoders, prompt_set,
                                 plot_guidance, read_comment, read_rows, summarize, write_rows)
 from minimagen.evaluate import (
@@ -205,7 +208,7 @@ def reader(args: argparse.Namespace) -> None:
         return
     seconds = training_seconds(state) if state is not None else time.perf_counter() - start
     training = {"command": args.command_line, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                "seed": args.seed, "wall_time_s": round(seconds, 1)}
+                "seed": args.seed, "wall_time_s": round(seconds, 1), "hardware": hardware_description()}
     accuracy = measure(model, n=args.eval_n)
     save(model, args.out, losses=losses, training=training, accuracy=accuracy, eval_n=args.eval_n)
     if state is not None:
@@ -315,6 +318,45 @@ def evaluate_augmentation(args: argparse.Namespace) -> None:
     plot_augmentation(rows, title=f"{args.weights or args.stage}: {args.n} scenes per point, ±1 standard error"
                       ).savefig(figure, dpi=120)
     print(f"eval augmentation: wrote {out} and {figure}")
+
+
+def evaluate_drawings(args: argparse.Namespace) -> None:
+    """``eval drawings``: an OpenMoji base model over guidance weights and thresholding modes, measured by the
+    drawing encoder (``drawings.guidance_sweep``): a CSV (with the command) + figure. Each finished setting is
+    saved at once to ``<out>.partial.csv``; the same command run again keeps those rows."""
+    imagen, encoder = base_imagen(args.model, device=args.device), load_drawing_encoder(args.drawing_encoder)
+    out = pathlib.Path(args.out)
+    partial = out.with_name(out.stem + ".partial.csv")
+    done = []
+    if partial.is_file():
+        if partial.read_text().splitlines()[:1] == [f"# {args.command_line}"]:
+            done = read_drawing_sweep(partial)
+            print(f"eval drawings: resuming {partial}: {len(done)} settings already measured")
+        else:
+            print(f"eval drawings: {partial} was written by another command; starting over")
+    rows = drawing_guidance_sweep(
+        imagen, encoder, weights=args.weights, modes=args.modes, n=args.n, steps=args.steps, eta=args.eta,
+        seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
+        progress=not args.quiet, done=done,
+        on_row=lambda rows: write_drawing_sweep(rows, partial, comment=args.command_line))
+    floor = frechet_floor(encoder)
+    wall = sum(r["seconds_per_image"] * r["n"] for r in rows)
+    sampler = f"{'ancestral' if args.eta == 1 else f'eta {args.eta:g}'}, {args.steps} steps"
+    comment = (f"{args.command_line}\nmodel {_shown(args.model)}, drawing encoder {_shown(args.drawing_encoder)}, "
+               f"{rows[0]['n']} held-out names per row among {rows[0]['candidates']} drawings, {sampler}, "
+               f"{args.precision}, {wall:.0f} s of sampling on {args.device} ({torch.get_num_threads()} threads)\n"
+               f"Frechet floor (as many real training drawings against the held-out ones): {floor:.2f}")
+    write_drawing_sweep(rows, out, comment=comment)
+    partial.unlink(missing_ok=True)
+    for r in rows:
+        print(f"w = {r['guidance']:<5g} {r['threshold']:8s} top-1 {r['top1']:.3f} ± {r['top1_se']:.3f}  top-5 "
+              f"{r['top5']:.3f} ± {r['top5_se']:.3f} (chance {r['chance_top5']:.3f})  Fréchet {r['frechet']:.2f}  "
+              f"beyond ±1 {r['outside']:.4f}")
+    print(f"Fréchet floor (real training drawings against the held-out ones): {floor:.2f}")
+    figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
+    plot_drawing_sweep(rows, title=f"{pathlib.Path(args.model).name}: {rows[0]['n']} held-out names per point, "
+                       f"{sampler}").savefig(figure, dpi=120)
+    print(f"eval drawings: {len(rows)} settings, {wall:.0f} s of sampling; wrote {out} and {figure}")
 
 
 def _encoder_model(text: str) -> tuple[str, str]:
@@ -583,6 +625,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/results/encoders.csv")
     p.add_argument("--append", action="store_true", help="add these models to the rows already in --out (same "
                    "settings); a model measured again replaces its rows")
+    p.add_argument("--figure", default=None, help="PNG (default: the CSV's name with .png)")
+    _add_precision(p)
+    p = _command(evals, "drawings", evaluate_drawings, "an OpenMoji base model over guidance weights and "
+                 "thresholding modes: retrieval of held-out names' drawings, Fréchet distance (needs the openmoji extra)")
+    p.add_argument("--model", default=str(SHIPPED_DIR / "openmoji" / "base64.safetensors"),
+                   help="an OpenMoji base model (default: the shipped one)")
+    p.add_argument("--drawing-encoder", default=str(SHIPPED_DIR / "drawing_encoder.safetensors"), metavar="PATH",
+                   help="the feature extractor ('minimagen drawing-encoder'; default: the shipped one)")
+    p.add_argument("--weights", type=_non_negative_float, nargs="+", default=[1, 2, 3, 5, 8], help="guidance weights")
+    p.add_argument("--modes", nargs="+", type=_threshold, default=THRESHOLDS,
+                   help="none, static, dynamic, or dynamic with its percentile and a cap on s: dynamic:p=0.9:max_s=2")
+    p.add_argument("--n", type=_positive_int, default=None, help="held-out names (samples) per setting (default: all)")
+    p.add_argument("--steps", type=_positive_int, default=25, help="sampling steps")
+    p.add_argument("--eta", type=_non_negative_float, default=1.0, help="1: ancestral; 0: DDIM")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--out", default="data/results/openmoji_thresholding.csv")
     p.add_argument("--figure", default=None, help="PNG (default: the CSV's name with .png)")
     _add_precision(p)
     p = _command(evals, "sr", evaluate_sr, "one SR stage on real low-res renders: sharpness and consistency vs bicubic")

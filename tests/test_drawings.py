@@ -96,3 +96,75 @@ def test_the_command_trains_measures_and_ships_an_encoder_and_resumes_after_a_ti
     assert card["held_out_drawings"] == 10 and card["training"]["steps"] == 2 and card["training"]["wall_time_s"] >= 0
     assert load_drawing_encoder(out).width == 8
     assert cli.main(command + ["--time-limit", "0"]) == 2
+
+
+class DrawingOracle:
+    """Imagen's ``sample`` for a base stage that draws the held-out drawing of each caption (``shift=1``: the
+    next caption's), scaled by the guidance weight so that w > 1 leaves values beyond ±1 unless thresholded."""
+
+    def __init__(self, shift: int = 0):
+        from minimagen.drawings import held_out_names
+
+        captions, self.real = held_out_names()
+        self.index = {caption: i for i, caption in enumerate(captions)}
+        self.shift, self.calls = shift, []
+
+    def sample(self, prompts, *, guidance, threshold, stages, clamp, **kwargs):
+        assert stages == 1 and clamp is False
+        self.calls.append((guidance, threshold))
+        images = self.real[[(self.index[p] + self.shift) % len(self.real) for p in prompts]] * guidance
+        return [images.clamp(-1, 1) if threshold == "static" else images]
+
+
+def test_guidance_sweep_scores_retrieval_frechet_and_values_beyond_one(tmp_path):
+    from minimagen.drawings import frechet_floor, guidance_sweep, held_out_names, plot_sweep, read_sweep, write_sweep
+
+    captions, real = held_out_names()
+    assert len(captions) == len(real) == 209 and len(set(captions)) == 209
+    assert held_out_names(5)[0] == captions[:5] and torch.equal(held_out_names(5)[1], real)
+    encoder = DrawingEncoder(8, 16).eval()  # untrained: the same image still has the same features
+    oracle = DrawingOracle()
+    rows = guidance_sweep(oracle, encoder, weights=[1, 2], modes=["none", "static"], n=40, batch_size=16,
+                          progress=False)
+    assert [(r["guidance"], r["threshold"]) for r in rows] == [(1, "none"), (1, "static"), (2, "none"), (2, "static")]
+    assert len(oracle.calls) == 4 * 3  # 40 names in batches of 16
+    exact = rows[0]
+    assert exact["n"] == 40 and exact["candidates"] == 209 and exact["chance_top1"] == pytest.approx(1 / 209)
+    assert exact["top1"] == exact["top5"] == 1.0 and exact["mean_rank"] == 1.0 and exact["outside"] == 0.0
+    assert rows[2]["outside"] > 0.05 and rows[3]["outside"] == 0.0  # w = 2 without and with the threshold
+    assert rows[3]["frechet"] > exact["frechet"]  # doubled contrast, clamped: further from the real drawings
+    wrong = guidance_sweep(DrawingOracle(shift=1), encoder, weights=[1], modes=["static"], n=40, progress=False)[0]
+    assert wrong["top1"] == 0.0 and wrong["mean_rank"] > 1
+    # kept rows are not sampled again
+    again = DrawingOracle()
+    resumed = guidance_sweep(again, encoder, weights=[1, 2], modes=["none", "static"], n=40, done=rows[:3], batch_size=16,
+                             progress=False)
+    assert resumed[:3] == rows[:3] and resumed[3]["frechet"] == pytest.approx(rows[3]["frechet"])
+    assert again.calls == [(2.0, "static")] * 3
+    path = write_sweep(rows, tmp_path / "sweep.csv", comment="made by a test")
+    back = read_sweep(path)
+    assert [(r["guidance"], r["threshold"], r["n"]) for r in back] == [(r["guidance"], r["threshold"], 40) for r in rows]
+    assert back[2]["outside"] == pytest.approx(rows[2]["outside"], abs=1e-5)
+    assert plot_sweep(back).axes[0].get_xlabel() == "guidance weight w"
+    assert 0 < frechet_floor(encoder, n=30) < drawing_frechet(encoder, -real, real)
+    with pytest.raises(ValueError, match="modes must be among"):
+        guidance_sweep(oracle, encoder, modes=["loud"], progress=False)
+    with pytest.raises(ValueError, match="at least one value"):
+        guidance_sweep(oracle, encoder, weights=[], progress=False)
+    with pytest.raises(ValueError, match="rows is empty"):
+        plot_sweep([])
+
+
+def test_the_shipped_drawing_encoder_finds_spoiled_held_out_drawings():
+    """The shipped encoder (``minimagen drawing-encoder``) was trained on the training split only; on 48 held-out
+    drawings it must pick the spoiled view's own drawing out nearly always, and its card must say how it was made."""
+    from minimagen.checkpoint import SHIPPED_DIR
+    from minimagen.drawings import held_out_retrieval
+
+    path = SHIPPED_DIR / "drawing_encoder.safetensors"
+    encoder = load_drawing_encoder(path)
+    found = held_out_retrieval(encoder, n=48, seed=5)
+    assert found["top1"] >= 0.95 and found["chance_top1"] == 1 / 48
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["training"]["steps"] == 2000 and card["held_out_retrieval"]["top1"] >= 0.95
+    assert card["data"]["split"] == "train" and "hardware" in card["training"]
