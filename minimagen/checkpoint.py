@@ -17,7 +17,10 @@ import json
 import os
 import pathlib
 import platform
+import signal
 import tempfile
+import threading
+import time
 from typing import Any
 
 import torch
@@ -167,6 +170,38 @@ def model_card(stage: str, config: dict[str, Any], parameters: int, *, training:
     card["training"] = {**training, "final_loss": round(sum(tail) / max(1, len(tail)), 5)}
     card["weights"] = weights
     return card
+
+
+class StopWatch:
+    """Running time for a model card: seconds since the watch started, less the time the process spent stopped
+    by SIGTSTP (Ctrl-Z in a terminal, or ``kill -TSTP PID`` to pause a background run while something else
+    needs the cores; ``kill -CONT PID`` or ``fg`` resumes it). Used as ``with StopWatch() as watch:``; inside,
+    SIGTSTP stops the process as it always does and the watch notes for how long. Outside the main thread, or
+    where there is no SIGTSTP, it measures plain wall time. SIGSTOP cannot be noticed: its pause counts."""
+
+    def __init__(self) -> None:
+        self.paused = 0.0  # seconds spent stopped so far
+        self._start = time.perf_counter()
+        self._previous = None
+
+    def elapsed(self) -> float:
+        """Seconds since the watch started, without the pauses."""
+        return time.perf_counter() - self._start - self.paused
+
+    def __enter__(self) -> "StopWatch":
+        if hasattr(signal, "SIGTSTP") and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTSTP, self._stop)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTSTP, self._previous)
+            self._previous = None
+
+    def _stop(self, signum, frame) -> None:
+        stopped = time.perf_counter()
+        os.kill(os.getpid(), signal.SIGSTOP)  # the process waits here for SIGCONT
+        self.paused += time.perf_counter() - stopped
 
 
 def hardware_description(device: str | torch.device = "cpu") -> str:

@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from minimagen import checks
-from minimagen.checkpoint import atomic_write_bytes, load_reader, model_card, save_weights
+from minimagen.checkpoint import StopWatch, atomic_write_bytes, load_reader, model_card, save_weights
 from minimagen.data import OPENMOJI_ATTRIBUTION, OpenMoji
 from minimagen.evaluate import _check_modes, sample_in_batches
 from minimagen.metrics import feature_statistics, frechet_distance
@@ -122,31 +122,31 @@ def train_drawing_encoder(drawings=None, *, steps: int = 2000, batch_size: int =
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start, losses, seconds = state["step"], list(state["losses"]), state["seconds"]
-    began = time.perf_counter()
+    watch = StopWatch()  # running time: a pause with kill -TSTP is not counted
 
     def save(step: int) -> None:
         if state_path is not None:
-            _save_state(state_path, settings, step, encoder, optimizer, generator, losses,
-                        seconds + time.perf_counter() - began)
+            _save_state(state_path, settings, step, encoder, optimizer, generator, losses, seconds + watch.elapsed())
 
     bar = tqdm(range(start, steps), desc="drawing encoder", disable=not progress, initial=start, total=steps)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        batch = images[torch.randperm(len(images), generator=generator)[:batch_size]]
-        views = [spoil(batch, generator, background=background) for _ in range(2)]
-        loss = contrastive_loss(encoder(views[0]), encoder(views[1]), temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        done = step + 1
-        if done < steps and time_limit is not None and time.perf_counter() - began > time_limit:
-            save(done)
-            bar.close()
-            return None, losses
-        if done % save_every == 0 or done == steps:
-            save(done)
+    with watch:
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            batch = images[torch.randperm(len(images), generator=generator)[:batch_size]]
+            views = [spoil(batch, generator, background=background) for _ in range(2)]
+            loss = contrastive_loss(encoder(views[0]), encoder(views[1]), temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            done = step + 1
+            if done < steps and time_limit is not None and watch.elapsed() > time_limit:
+                save(done)
+                bar.close()
+                return None, losses
+            if done % save_every == 0 or done == steps:
+                save(done)
     return encoder.eval(), losses
 
 

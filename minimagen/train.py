@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from minimagen import checks
 from minimagen.checkpoint import (
-    CHECKPOINT_PREFIX, TrainingState, hardware_description, list_checkpoints, run_card, save_training_state,
+    CHECKPOINT_PREFIX, StopWatch, TrainingState, hardware_description, list_checkpoints, run_card, save_training_state,
     save_weights,
 )
 from minimagen.data import Shapes
@@ -302,17 +302,23 @@ class Trainer:
         """Train until ``config.steps``, logging, checkpointing; returns the loss history.
 
         ``time_limit`` (seconds) stops the run early, with a checkpoint, once that much time has passed
-        in this call: calling ``fit`` again (or resuming) continues from there.
+        in this call: calling ``fit`` again (or resuming) continues from there. Time the process spends
+        paused by SIGTSTP (``kill -TSTP PID``; ``kill -CONT PID`` resumes) counts neither towards the limit nor
+        towards the card's wall time (``checkpoint.StopWatch``).
         """
         if time_limit is not None and time_limit <= 0:
             raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
+        with StopWatch() as watch:  # a run paused with kill -TSTP neither counts the pause nor runs out of time in it
+            self._fit(watch, progress, time_limit)
+        return self.history
+
+    def _fit(self, watch: StopWatch, progress: bool, time_limit: float | None) -> None:
         cfg = self.config
-        began = time.perf_counter()
         main = self.parallel.is_main
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not (progress and main),
                    dynamic_ncols=True)
         window: list[float] = []
-        start, images_seen = time.perf_counter(), 0
+        start, images_seen = watch.elapsed(), 0
         while self.step < cfg.steps:
             window.append(self.train_step())
             images_seen += cfg.batch_size
@@ -320,16 +326,16 @@ class Trainer:
             if self.step % cfg.log_every == 0:
                 self.history.append((self.step, sum(window) / len(window)))
                 window = []
-                rate = images_seen / max(1e-9, time.perf_counter() - start)
+                rate = images_seen / max(1e-9, watch.elapsed() - start)
                 bar.set_postfix(loss=f"{self.history[-1][1]:.4f}", img_s=f"{rate:.1f}")
             if cfg.sample_every and self.step % cfg.sample_every == 0 and main:
                 self.save_samples()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
-                self._add_wall_time(start)
-                start, images_seen = time.perf_counter(), 0
+                self.wall_time += watch.elapsed() - start
+                start, images_seen = watch.elapsed(), 0
                 if main:
                     self.save_checkpoint()
-            out_of_time = time_limit is not None and time.perf_counter() - began > time_limit
+            out_of_time = time_limit is not None and watch.elapsed() > time_limit
             if time_limit is not None and self.parallel.any(out_of_time) and self.step < cfg.steps:
                 if main:
                     print(f"train: time limit of {time_limit:g} s reached at step {self.step} of {cfg.steps}; "
@@ -338,13 +344,9 @@ class Trainer:
         bar.close()
         if window:
             self.history.append((self.step, sum(window) / len(window)))
-        self._add_wall_time(start)
+        self.wall_time += watch.elapsed() - start
         if main:
             self.save_checkpoint()
-        return self.history
-
-    def _add_wall_time(self, start: float) -> None:
-        self.wall_time += time.perf_counter() - start
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[str] | None = None, steps: int = 50, seed: int = 0,

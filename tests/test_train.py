@@ -265,3 +265,38 @@ def test_a_v_predicting_sr_stage_trains_and_samples(tmp_path):
     assert history[-1][1] < history[0][1]
     x = trainer.sample(steps=2)
     assert x.shape == (len(trainer.sample_prompts), 3, 16, 16) and torch.isfinite(x).all()
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTSTP"), reason="needs POSIX job-control signals")
+def test_a_run_paused_with_sigtstp_does_not_count_the_pause(tmp_path):
+    """kill -TSTP pauses a background run (kill -CONT resumes it): its card's wall time and its time limit
+    count the training, not the pause."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    trainer = make_trainer(tmp_path, steps=40)
+    trainer.fit(progress=False)  # warm up: the pause below must dwarf a run's own time
+    busy = trainer.wall_time
+    trainer = make_trainer(tmp_path / "paused", steps=40)
+    # A helper outside this process pauses it for 3 s shortly after training starts, then resumes it.
+    pid = os.getpid()
+    helper = subprocess.Popen([sys.executable, "-c", f"import os, signal, time; time.sleep(0.3); "
+                               f"os.kill({pid}, signal.SIGTSTP); time.sleep(3); os.kill({pid}, signal.SIGCONT)"])
+    began = time.perf_counter()
+    trainer.fit(progress=False, time_limit=2.5)  # would run out during the pause if the pause counted
+    elapsed = time.perf_counter() - began
+    helper.wait()
+    if elapsed < 3:
+        pytest.skip("the run ended before the pause began")
+    assert trainer.step == 40  # the limit of 2.5 s was not spent while stopped
+    assert trainer.wall_time < elapsed - 2.5 and trainer.wall_time < 3 * busy + 1
+
+
+def test_stop_watch_without_pauses_is_wall_time():
+    import time
+
+    with ckpt.StopWatch() as watch:
+        time.sleep(0.05)
+    assert 0.05 <= watch.elapsed() < 1 and watch.paused == 0
