@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from minimagen import checks
-from minimagen.checkpoint import StopWatch, atomic_write_bytes, load_reader, model_card, save_weights
+from minimagen.checkpoint import SHIPPED_DIR, StopWatch, atomic_write_bytes, load_reader, model_card, save_weights
 from minimagen.data import OPENMOJI_ATTRIBUTION, OpenMoji
 from minimagen.evaluate import _check_modes, sample_in_batches
 from minimagen.metrics import feature_statistics, frechet_distance
@@ -254,6 +254,51 @@ def frechet_floor(encoder: DrawingEncoder, n: int | None = None, seed: int = 0) 
     return drawing_frechet(encoder, torch.stack([train[i][0] for i in pick]), real)
 
 
+@torch.no_grad()
+def measure_prompts(imagen, encoder: DrawingEncoder, prompts: Sequence[str], targets: Sequence[int], *,
+                    guidance: float = 3.0, threshold: str | None = "static", steps: int = 25, eta: float = 1.0,
+                    seed: int = 0, batch_size: int = 32, device: str = "cpu", precision: str = "fp32",
+                    real: Tensor | None = None) -> tuple[dict, Tensor]:
+    """Sample the base stage of ``imagen`` for ``prompts``, each meant to show held-out drawing ``targets[i]``
+    (an index into ``held_out_names()``'s drawings, or into ``real``), and score the samples: ``retrieval``
+    among all those drawings, ``drawing_frechet`` to them, and ``outside``, the fraction of pixel values the
+    sampler left beyond [-1, 1] (the samples are clamped before they are scored). Returns the row (with the
+    setting and ``seconds_per_image``) and the clamped samples."""
+    if len(prompts) != len(targets) or not prompts:
+        raise ValueError(f"prompts and targets must be non-empty and of one length, got {len(prompts)} and {len(targets)}")
+    real = held_out_names()[1] if real is None else real
+    start = time.perf_counter()
+    images = sample_in_batches(imagen, list(prompts), guidance=guidance, threshold=threshold, steps=steps, seed=seed,
+                               batch_size=batch_size, device=device, clamp=False, eta=eta, precision=precision)
+    seconds = (time.perf_counter() - start) / len(prompts)
+    outside = (images.abs() > 1).flatten(1).float().mean(1)
+    images = images.clamp(-1, 1)
+    found = retrieval(encoder, images, real, list(targets))
+    row = {"guidance": float(guidance), "threshold": threshold, "steps": steps, "eta": eta, "n": len(prompts),
+           "candidates": found["candidates"], **{k: found[k] for k in (
+               "top1", "top1_se", "top5", "top5_se", "mean_rank", "chance_top1", "chance_top5")},
+           "frechet": drawing_frechet(encoder, images, real), "outside": outside.mean().item(),
+           "outside_se": (outside.std() / math.sqrt(len(outside))).item() if len(outside) > 1 else float("nan"),
+           "seconds_per_image": seconds}
+    return row, images
+
+
+def paraphrased_names(path=None) -> tuple[list[str], list[str], list[int]]:
+    """Held-out names said again in other words (``data/openmoji_paraphrases.json``, written by hand): the names,
+    their paraphrases and each one's index among ``held_out_names()``'s drawings. A model that reaches the
+    same drawing from the paraphrase got there through what the frozen encoder knows of English."""
+    import json
+
+    path = pathlib.Path(path) if path is not None else SHIPPED_DIR.parent / "openmoji_paraphrases.json"
+    table = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    captions, _ = held_out_names()
+    unknown = [name for name in table if name not in captions]
+    if unknown:
+        raise ValueError(f"{str(path)!r} paraphrases names that are not held-out OpenMoji names: {unknown}")
+    names = list(table)
+    return names, [table[n] for n in names], [captions.index(n) for n in names]
+
+
 SWEEP_COLUMNS = ("guidance", "threshold", "steps", "eta", "n", "candidates", "top1", "top1_se", "top5", "top5_se",
                  "mean_rank", "chance_top1", "chance_top5", "frechet", "outside", "outside_se", "seconds_per_image")
 
@@ -287,20 +332,10 @@ def guidance_sweep(imagen, encoder: DrawingEncoder, *, weights: Iterable[float] 
             if (w, mode) in finished:
                 rows.append(finished[(w, mode)])
                 continue
-            start = time.perf_counter()
-            images = sample_in_batches(imagen, captions, guidance=w, threshold=mode, steps=steps, seed=seed,
-                                       batch_size=batch_size, device=device, clamp=False, eta=eta,
-                                       precision=precision)
-            seconds = (time.perf_counter() - start) / len(captions)
-            outside = (images.abs() > 1).flatten(1).float().mean(1)
-            images = images.clamp(-1, 1)
-            found = retrieval(encoder, images, real, list(range(len(captions))))
-            rows.append({"guidance": w, "threshold": mode, "steps": steps, "eta": eta, "n": len(captions),
-                         "candidates": found["candidates"], **{k: found[k] for k in (
-                             "top1", "top1_se", "top5", "top5_se", "mean_rank", "chance_top1", "chance_top5")},
-                         "frechet": drawing_frechet(encoder, images, real), "outside": outside.mean().item(),
-                         "outside_se": (outside.std() / math.sqrt(len(outside))).item() if len(outside) > 1
-                         else float("nan"), "seconds_per_image": seconds})
+            row, _ = measure_prompts(imagen, encoder, captions, list(range(len(captions))), guidance=w,
+                                     threshold=mode, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
+                                     device=device, precision=precision, real=real)
+            rows.append(row)
             if on_row is not None:
                 on_row(rows)
     return rows

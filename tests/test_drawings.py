@@ -168,3 +168,23 @@ def test_the_shipped_drawing_encoder_finds_spoiled_held_out_drawings():
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["training"]["steps"] == 2000 and card["held_out_retrieval"]["top1"] >= 0.95
     assert card["data"]["split"] == "train" and "hardware" in card["training"]
+
+
+def test_measure_prompts_and_the_paraphrased_names(tmp_path):
+    from minimagen.drawings import held_out_names, measure_prompts, paraphrased_names
+
+    names, paraphrases, targets = paraphrased_names()
+    captions, real = held_out_names()
+    assert len(names) >= 40 and [captions[t] for t in targets] == names
+    assert all(p and p != n for n, p in zip(names, paraphrases))
+    encoder = DrawingEncoder(8, 16).eval()
+    oracle = DrawingOracle()
+    row, images = measure_prompts(oracle, encoder, names[:10], targets[:10], guidance=1.0, batch_size=4)
+    assert row["top1"] == 1.0 and row["n"] == 10 and images.shape == (10, 3, 64, 64)
+    torch.testing.assert_close(images, real[targets[:10]])
+    with pytest.raises(ValueError, match="one length"):
+        measure_prompts(oracle, encoder, names[:2], targets[:3])
+    bad = tmp_path / "p.json"
+    bad.write_text('{"a flying teapot": "tea in the air"}')
+    with pytest.raises(ValueError, match="not held-out OpenMoji names"):
+        paraphrased_names(bad)
