@@ -175,17 +175,25 @@ def training_seconds(state_path) -> float:
 
 
 @torch.no_grad()
-def retrieval(encoder: DrawingEncoder, images: Tensor, real: Tensor, targets) -> dict[str, float]:
-    """Images [B, 3, S, S] meant to show the drawings ``real[targets[b]]`` ([N, 3, S', S'], the candidates):
-    the fraction whose own drawing is the nearest candidate (``top1``) or among the five nearest (``top5``),
-    each with its standard error, the mean rank of the right drawing (1 = nearest), and chance (1/N, 5/N)."""
+def ranks(encoder: DrawingEncoder, images: Tensor, real: Tensor, targets) -> tuple[Tensor, Tensor]:
+    """For images [B, 3, S, S] meant to show the drawings ``real[targets[b]]`` ([N, 3, S', S'], the candidates):
+    the rank of each image's own drawing among the candidates by feature similarity (1 = the nearest) and the
+    index of its nearest candidate, both [B]. What ``retrieval`` summarizes; per image, to look at failures."""
     targets = torch.as_tensor(targets)
     if len(targets) != len(images) or targets.min() < 0 or targets.max() >= len(real):
         raise ValueError(f"targets must give each of the {len(images)} images an index into the {len(real)} "
                          f"candidates, got {targets.tolist()}")
     similarity = encoder(images) @ encoder(real).T  # (B, N)
     own = similarity.gather(1, targets[:, None])  # (B, 1)
-    rank = 1 + (similarity > own).sum(1).float()  # (B,)
+    return 1 + (similarity > own).sum(1), similarity.argmax(1)
+
+
+@torch.no_grad()
+def retrieval(encoder: DrawingEncoder, images: Tensor, real: Tensor, targets) -> dict[str, float]:
+    """Images [B, 3, S, S] meant to show the drawings ``real[targets[b]]`` ([N, 3, S', S'], the candidates):
+    the fraction whose own drawing is the nearest candidate (``top1``) or among the five nearest (``top5``),
+    each with its standard error, the mean rank of the right drawing (1 = nearest), and chance (1/N, 5/N)."""
+    rank = ranks(encoder, images, real, targets)[0].float()  # (B,)
     out = {"n": len(images), "candidates": len(real), "mean_rank": rank.mean().item(),
            "chance_top1": 1 / len(real), "chance_top5": min(5, len(real)) / len(real)}
     for k in (1, 5):

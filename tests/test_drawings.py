@@ -188,3 +188,12 @@ def test_measure_prompts_and_the_paraphrased_names(tmp_path):
     bad.write_text('{"a flying teapot": "tea in the air"}')
     with pytest.raises(ValueError, match="not held-out OpenMoji names"):
         paraphrased_names(bad)
+
+
+def test_ranks_give_each_image_its_drawing_rank_and_nearest_candidate():
+    from minimagen.drawings import ranks
+
+    encoder = DrawingEncoder(8, 16).eval()
+    real = torch.rand(6, 3, 64, 64) * 2 - 1
+    rank, nearest = ranks(encoder, real[[2, 4]], real, [2, 1])  # the first is its own drawing, the second is not
+    assert rank[0] == 1 and nearest[0] == 2 and rank[1] > 1 and nearest[1] == 4
