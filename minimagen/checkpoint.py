@@ -215,7 +215,8 @@ def hardware_description(device: str | torch.device = "cpu") -> str:
             model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
     except OSError:  # not Linux
         pass
-    return f"{model}, {torch.get_num_threads()} torch threads"
+    threads = torch.get_num_threads()
+    return f"{model} ({os.cpu_count()} cores), {threads} torch thread{'s' if threads != 1 else ''}"
 
 
 def run_card(stage, model, *, schedule, data, command, train_config, steps, wall_time, history,

@@ -39,7 +39,7 @@ def test_train_then_export_gives_a_loadable_fp16_model(tmp_path, monkeypatch):
     assert header["text"] == {"encoder": "minilm", "max_length": 24}
     assert unet.config.image_size == 16 and unet.config.text_dim == 384
     # the card says what the run trained on (recorded by the training process), in one entry per machine
-    assert card["training"]["hardware"].endswith("1 torch threads") and ";" not in card["training"]["hardware"]
+    assert card["training"]["hardware"].endswith("cores), 1 torch thread") and ";" not in card["training"]["hardware"]
 
 
 def test_schedule_from_spec():
