@@ -177,12 +177,17 @@ class StopWatch:
     by SIGTSTP (Ctrl-Z in a terminal, or ``kill -TSTP PID`` to pause a background run while something else
     needs the cores; ``kill -CONT PID`` or ``fg`` resumes it). Used as ``with StopWatch() as watch:``; inside,
     SIGTSTP stops the process as it always does and the watch notes for how long. Outside the main thread, or
-    where there is no SIGTSTP, it measures plain wall time. SIGSTOP cannot be noticed: its pause counts."""
+    where there is no SIGTSTP, it measures plain wall time. SIGSTOP cannot be noticed: its pause counts. Python
+    runs the handler between bytecodes, so a pause asked for during one long C call (a big convolution) begins
+    when that call returns. One watch at a time: a watch entered inside another takes the signal over until it
+    exits, and only the inner one counts that pause. Under ``torchrun`` pause every process of the run at once
+    (``kill -TSTP -- -PGID``, the process group): a rank left running waits for the stopped ones and counts it.
+    """
 
     def __init__(self) -> None:
         self.paused = 0.0  # seconds spent stopped so far
         self._start = time.perf_counter()
-        self._previous = None
+        self._installed, self._previous = False, None
 
     def elapsed(self) -> float:
         """Seconds since the watch started, without the pauses."""
@@ -191,12 +196,13 @@ class StopWatch:
     def __enter__(self) -> "StopWatch":
         if hasattr(signal, "SIGTSTP") and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTSTP, self._stop)
+            self._installed = True
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTSTP, self._previous)
-            self._previous = None
+        if self._installed:  # the previous handler may be None (set outside Python): restore SIG_DFL then
+            signal.signal(signal.SIGTSTP, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed, self._previous = False, None
 
     def _stop(self, signum, frame) -> None:
         stopped = time.perf_counter()
@@ -215,8 +221,12 @@ def hardware_description(device: str | torch.device = "cpu") -> str:
             model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
     except OSError:  # not Linux
         pass
+    try:
+        cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use, not the host's
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 0
     threads = torch.get_num_threads()
-    return f"{model} ({os.cpu_count()} cores), {threads} torch thread{'s' if threads != 1 else ''}"
+    return f"{model} ({cpus} CPUs), {threads} torch thread{'s' if threads != 1 else ''}"
 
 
 def run_card(stage, model, *, schedule, data, command, train_config, steps, wall_time, history,

@@ -29,7 +29,7 @@ from minimagen.augmentation import KINDS, LEVELS, augmentation_sweep, plot_augme
 from minimagen.cascade import STAGES, Imagen, StageRecipe, add_to_cascade, sampling_defaults
 from minimagen.checkpoint import SHIPPED_DIR, atomic_write_bytes, export_run, hardware_description, list_checkpoints
 from minimagen.classifier import classifier_accuracy, save_noisy_classifier, train_noisy_classifier
-from minimagen.drawings import (frechet_floor, guidance_sweep as drawing_guidance_sweep, held_out_retrieval,
+from minimagen.drawings import (frechet_reference, guidance_sweep as drawing_guidance_sweep, held_out_retrieval,
                                 load_drawing_encoder, plot_sweep as plot_drawing_sweep, read_sweep as read_drawing_sweep,
                                 save_drawing_encoder, train_drawing_encoder, training_seconds,
                                 write_sweep as write_drawing_sweep)
@@ -232,6 +232,19 @@ def _shown(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+def _resumed_rows(partial: pathlib.Path, command_line: str, read, name: str) -> list:
+    """The rows an interrupted sweep saved in ``partial``, if the same command wrote them (its first line is
+    ``# <command>``); none otherwise, and the sweep starts over."""
+    if not partial.is_file():
+        return []
+    if partial.read_text().splitlines()[:1] != [f"# {command_line}"]:
+        print(f"{name}: {partial} was written by another command; starting over")
+        return []
+    done = read(partial)
+    print(f"{name}: resuming {partial}: {len(done)} settings already measured")
+    return done
+
+
 def evaluate_sweep(args: argparse.Namespace) -> None:
     """``eval thresholding`` (guidance weight x thresholding mode, Imagen Fig. A.9) or ``eval steps`` (1000-step
     DDPM against DDIM with fewer steps, lesson 08), measured by the probe: a CSV (with the command) + figure.
@@ -241,14 +254,7 @@ def evaluate_sweep(args: argparse.Namespace) -> None:
     imagen, probe = base_imagen(args.model, device=args.device), load_probe(args.probe)
     out = pathlib.Path(args.out)
     partial = out.with_name(out.stem + ".partial.csv")
-    done = []
-    if partial.is_file():
-        header = partial.read_text().splitlines()[:1]
-        if header == [f"# {args.command_line}"]:
-            done = read_csv(partial)
-            print(f"eval: resuming {partial}: {len(done)} settings already measured")
-        else:
-            print(f"eval: {partial} was written by another command; starting over")
+    done = _resumed_rows(partial, args.command_line, read_csv, "eval")
     save = lambda rows: write_csv(rows, partial, comment=args.command_line)  # noqa: E731
     common = dict(n=args.n, seed=args.seed, max_objects=args.max_objects, batch_size=args.batch_size,
                   device=args.device, progress=not args.quiet, precision=args.precision, modes=args.modes,
@@ -327,32 +333,26 @@ def evaluate_drawings(args: argparse.Namespace) -> None:
     imagen, encoder = base_imagen(args.model, device=args.device), load_drawing_encoder(args.drawing_encoder)
     out = pathlib.Path(args.out)
     partial = out.with_name(out.stem + ".partial.csv")
-    done = []
-    if partial.is_file():
-        if partial.read_text().splitlines()[:1] == [f"# {args.command_line}"]:
-            done = read_drawing_sweep(partial)
-            print(f"eval drawings: resuming {partial}: {len(done)} settings already measured")
-        else:
-            print(f"eval drawings: {partial} was written by another command; starting over")
+    done = _resumed_rows(partial, args.command_line, read_drawing_sweep, "eval drawings")
     rows = drawing_guidance_sweep(
         imagen, encoder, weights=args.weights, modes=args.modes, n=args.n, steps=args.steps, eta=args.eta,
         seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
         progress=not args.quiet, done=done,
         on_row=lambda rows: write_drawing_sweep(rows, partial, comment=args.command_line))
-    floor = frechet_floor(encoder)
+    floor = frechet_reference(encoder, n=rows[0]["n"])  # at the rows' n: a Fréchet distance depends on it
     wall = sum(r["seconds_per_image"] * r["n"] for r in rows)
     sampler = f"{'ancestral' if args.eta == 1 else f'eta {args.eta:g}'}, {args.steps} steps"
     comment = (f"{args.command_line}\nmodel {_shown(args.model)}, drawing encoder {_shown(args.drawing_encoder)}, "
                f"{rows[0]['n']} held-out names per row among {rows[0]['candidates']} drawings, {sampler}, "
-               f"{args.precision}, {wall:.0f} s of sampling on {args.device} ({torch.get_num_threads()} threads)\n"
-               f"Frechet floor (as many real training drawings against the held-out ones): {floor:.2f}")
+               f"{args.precision}, {wall:.0f} s of sampling on {hardware_description(args.device)}\n"
+               f"Frechet reference (as many real drawings of other emojis against the held-out ones): {floor:.3f}")
     write_drawing_sweep(rows, out, comment=comment)
     partial.unlink(missing_ok=True)
     for r in rows:
         print(f"w = {r['guidance']:<5g} {r['threshold']:8s} top-1 {r['top1']:.3f} ± {r['top1_se']:.3f}  top-5 "
               f"{r['top5']:.3f} ± {r['top5_se']:.3f} (chance {r['chance_top5']:.3f})  Fréchet {r['frechet']:.2f}  "
               f"beyond ±1 {r['outside']:.4f}")
-    print(f"Fréchet floor (real training drawings against the held-out ones): {floor:.2f}")
+    print(f"Fréchet reference: {rows[0]['n']} real drawings of other emojis against the held-out ones: {floor:.3f}")
     figure = pathlib.Path(args.figure) if args.figure else out.with_suffix(".png")
     plot_drawing_sweep(rows, title=f"{pathlib.Path(args.model).name}: {rows[0]['n']} held-out names per point, "
                        f"{sampler}").savefig(figure, dpi=120)

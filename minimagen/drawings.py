@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import pathlib
 import time
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from minimagen import checks
 from minimagen.checkpoint import SHIPPED_DIR, StopWatch, atomic_write_bytes, load_reader, model_card, save_weights
 from minimagen.data import OPENMOJI_ATTRIBUTION, OpenMoji
-from minimagen.evaluate import _check_modes, sample_in_batches
+from minimagen.evaluate import check_modes, sample_in_batches
 from minimagen.metrics import feature_statistics, frechet_distance
 
 DRAWING_SIZE = 64  # the encoder's input side; larger images are area-averaged down to it
@@ -245,19 +246,23 @@ def held_out_names(n: int | None = None) -> tuple[list[str], Tensor]:
     variants), in a fixed order: the prompts and the candidates of ``guidance_sweep``. ``n`` keeps the first n
     captions (all the drawings stay candidates)."""
     drawings = OpenMoji(DRAWING_SIZE, split="held_out", skin_tones=False)
-    n = len(drawings) if n is None else min(checks.integer("n", n), len(drawings))
+    n = len(drawings) if n is None else min(checks.integer("n", n, 2, note="a Fréchet distance needs 2 samples"),
+                                            len(drawings))
     images, captions = zip(*(drawings[i] for i in range(len(drawings))))
     return list(captions[:n]), torch.stack(images)
 
 
 @torch.no_grad()
-def frechet_floor(encoder: DrawingEncoder, n: int | None = None, seed: int = 0) -> float:
-    """The Fréchet distance a perfect model would still score: ``n`` real drawings of the training split (drawn at
-    random with ``seed``; as many as there are held-out emojis by default) against the held-out ones. A model's
-    distance is read against this floor, not against 0: the two sets show different emojis."""
+def frechet_reference(encoder: DrawingEncoder, n: int | None = None, seed: int = 0) -> float:
+    """A reference for a model's Fréchet distance: ``n`` real drawings of *other* emojis (the training split,
+    drawn at random with ``seed``; as many as there are held-out emojis by default) against the held-out
+    drawings. A model whose samples of the held-out names looked like real emojis, but not like the named
+    ones, would score about this; one that drew the named drawings exactly would score near 0 (at a small n,
+    above it: a Fréchet distance between n samples is biased upwards). Compare a sweep's rows with the reference
+    at the same n."""
     _, real = held_out_names()
     train = OpenMoji(DRAWING_SIZE, split="train", skin_tones=False)
-    n = len(real) if n is None else checks.integer("n", n, 2)
+    n = len(real) if n is None else min(checks.integer("n", n, 2, note="a Fréchet distance needs 2 samples"), len(train))
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     return drawing_frechet(encoder, torch.stack([train[i][0] for i in pick]), real)
 
@@ -272,9 +277,14 @@ def measure_prompts(imagen, encoder: DrawingEncoder, prompts: Sequence[str], tar
     among all those drawings, ``drawing_frechet`` to them, and ``outside``, the fraction of pixel values the
     sampler left beyond [-1, 1] (the samples are clamped before they are scored). Returns the row (with the
     setting and ``seconds_per_image``) and the clamped samples."""
-    if len(prompts) != len(targets) or not prompts:
-        raise ValueError(f"prompts and targets must be non-empty and of one length, got {len(prompts)} and {len(targets)}")
+    if len(prompts) != len(targets) or len(prompts) < 2:
+        raise ValueError(f"prompts and targets must be of one length, at least 2 (a Fréchet distance needs 2 samples), "
+                         f"got {len(prompts)} and {len(targets)}")
     real = held_out_names()[1] if real is None else real
+    index = torch.as_tensor(list(targets))
+    if index.is_floating_point() or index.min() < 0 or index.max() >= len(real):
+        raise ValueError(f"targets must be indices into the {len(real)} drawings, got {index.tolist()}")
+    threshold = "none" if threshold is None else threshold
     start = time.perf_counter()
     images = sample_in_batches(imagen, list(prompts), guidance=guidance, threshold=threshold, steps=steps, seed=seed,
                                batch_size=batch_size, device=device, clamp=False, eta=eta, precision=precision)
@@ -286,8 +296,7 @@ def measure_prompts(imagen, encoder: DrawingEncoder, prompts: Sequence[str], tar
            "candidates": found["candidates"], **{k: found[k] for k in (
                "top1", "top1_se", "top5", "top5_se", "mean_rank", "chance_top1", "chance_top5")},
            "frechet": drawing_frechet(encoder, images, real), "outside": outside.mean().item(),
-           "outside_se": (outside.std() / math.sqrt(len(outside))).item() if len(outside) > 1 else float("nan"),
-           "seconds_per_image": seconds}
+           "outside_se": (outside.std() / math.sqrt(len(outside))).item(), "seconds_per_image": seconds}
     return row, images
 
 
@@ -295,8 +304,6 @@ def paraphrased_names(path=None) -> tuple[list[str], list[str], list[int]]:
     """Held-out names said again in other words (``data/openmoji_paraphrases.json``, written by hand): the names,
     their paraphrases and each one's index among ``held_out_names()``'s drawings. A model that reaches the
     same drawing from the paraphrase got there through what the frozen encoder knows of English."""
-    import json
-
     path = pathlib.Path(path) if path is not None else SHIPPED_DIR.parent / "openmoji_paraphrases.json"
     table = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
     captions, _ = held_out_names()
@@ -328,7 +335,7 @@ def guidance_sweep(imagen, encoder: DrawingEncoder, *, weights: Iterable[float] 
     is called after each new row, so an interrupted sweep resumes (``minimagen eval drawings`` does both).
     """
     weights = [checks.number("weights", w, 0.0) for w in weights]
-    modes = _check_modes(modes)
+    modes = check_modes(modes)
     if not weights or not modes:
         raise ValueError(f"weights and modes must each hold at least one value, got {weights} and {modes}")
     captions, real = held_out_names(n)
@@ -357,7 +364,8 @@ def write_sweep(rows: Sequence[dict], path, comment: str | None = None) -> pathl
     writer = csv.DictWriter(buffer, SWEEP_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{row[k]:.5f}" if isinstance(row[k], float) else row[k]) for k in SWEEP_COLUMNS})
+        writer.writerow({k: (f"{row[k]:.5f}" if isinstance(row[k], float) and k not in ("guidance", "eta") else row[k])
+                         for k in SWEEP_COLUMNS})  # a setting is written exactly, so that a resumed sweep finds it
     path = pathlib.Path(path)
     atomic_write_bytes(path, buffer.getvalue().encode())
     return path

@@ -246,7 +246,7 @@ def sample_in_batches(imagen, captions: Sequence[str], *, guidance: float, thres
     return torch.cat(out)
 
 
-def _check_modes(modes: Iterable[str]) -> list[str]:
+def check_modes(modes: Iterable[str]) -> list[str]:
     """Thresholding modes as a sweep labels its rows: "none", "static", "dynamic", or a dynamic threshold with
     its settings, e.g. "dynamic:p=0.9:max_s=2" (``thresholding.resolve_threshold``)."""
     modes = list(modes)
@@ -300,7 +300,7 @@ def threshold_sweep(imagen, probe: AttributeProbe, *, n: int = 256, weights: Ite
     (DDIM with eta = 1, fresh noise at each of the ``steps`` steps) instead of deterministic DDIM.
     ``done`` and ``on_row`` resume an interrupted sweep (see ``_run_settings``).
     """
-    modes = _check_modes(modes)
+    modes = check_modes(modes)
     checks.choice("sampler", sampler, ("ddim", "ddpm"))
     settings = [(float(w), mode, steps, sampler) for w in weights for mode in modes]
     return _run_settings(imagen, probe, settings, n=n, seed=seed, prompt_seed=prompt_seed, max_objects=max_objects,
@@ -322,7 +322,7 @@ def steps_sweep(imagen, probe: AttributeProbe, *, n: int = 256, step_counts: Ite
     ``ancestral_counts`` adds ancestral rows (DDIM with eta = 1, sampler "ddpm") at fewer than T steps,
     to tell the effect of the number of steps from that of the fresh noise DDPM adds at each step.
     """
-    modes = _check_modes(modes)
+    modes = check_modes(modes)
     T = imagen.stages[0].schedule.T
     ancestral = ([T] if ddpm else []) + [int(k) for k in ancestral_counts if int(k) != T]
     settings = [(float(guidance), mode, k, "ddpm") for k in ancestral for mode in modes]

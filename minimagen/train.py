@@ -22,7 +22,6 @@ import copy
 import dataclasses
 import json
 import pathlib
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any, Literal, Sequence
@@ -335,7 +334,8 @@ class Trainer:
                 start, images_seen = watch.elapsed(), 0
                 if main:
                     self.save_checkpoint()
-            out_of_time = time_limit is not None and watch.elapsed() > time_limit
+            # the main process's clock decides for every rank (a rank waiting on a paused one would count the pause)
+            out_of_time = main and time_limit is not None and watch.elapsed() > time_limit
             if time_limit is not None and self.parallel.any(out_of_time) and self.step < cfg.steps:
                 if main:
                     print(f"train: time limit of {time_limit:g} s reached at step {self.step} of {cfg.steps}; "

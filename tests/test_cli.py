@@ -39,7 +39,7 @@ def test_train_then_export_gives_a_loadable_fp16_model(tmp_path, monkeypatch):
     assert header["text"] == {"encoder": "minilm", "max_length": 24}
     assert unet.config.image_size == 16 and unet.config.text_dim == 384
     # the card says what the run trained on (recorded by the training process), in one entry per machine
-    assert card["training"]["hardware"].endswith("cores), 1 torch thread") and ";" not in card["training"]["hardware"]
+    assert card["training"]["hardware"].endswith("CPUs), 1 torch thread") and ";" not in card["training"]["hardware"]
 
 
 def test_schedule_from_spec():
@@ -566,7 +566,7 @@ def test_eval_drawings_writes_csv_and_figure_and_resumes(tmp_path, tiny_preset, 
     assert [(r["guidance"], r["threshold"], r["n"], r["candidates"]) for r in rows] == [
         (1, "none", 3, 209), (1, "dynamic", 3, 209), (4, "none", 3, 209), (4, "dynamic", 3, 209)]
     text = out.read_text()
-    assert text.startswith("# minimagen eval drawings") and "Frechet floor" in text and "ancestral, 2 steps" in text
+    assert text.startswith("# minimagen eval drawings") and "Frechet reference" in text and "ancestral, 2 steps" in text
     assert out.with_suffix(".png").stat().st_size > 10_000
     # stopped after two settings: the same command samples only the other two
     drawings.write_sweep(rows[:2], tmp_path / "om.partial.csv", comment=text.splitlines()[0][2:])

@@ -1,6 +1,7 @@
 """Tests for minimagen.drawings: the OpenMoji feature extractor, retrieval and Fréchet distance."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -117,7 +118,7 @@ class DrawingOracle:
 
 
 def test_guidance_sweep_scores_retrieval_frechet_and_values_beyond_one(tmp_path):
-    from minimagen.drawings import frechet_floor, guidance_sweep, held_out_names, plot_sweep, read_sweep, write_sweep
+    from minimagen.drawings import frechet_reference, guidance_sweep, held_out_names, plot_sweep, read_sweep, write_sweep
 
     captions, real = held_out_names()
     assert len(captions) == len(real) == 209 and len(set(captions)) == 209
@@ -137,16 +138,23 @@ def test_guidance_sweep_scores_retrieval_frechet_and_values_beyond_one(tmp_path)
     assert wrong["top1"] == 0.0 and wrong["mean_rank"] > 1
     # kept rows are not sampled again
     again = DrawingOracle()
-    resumed = guidance_sweep(again, encoder, weights=[1, 2], modes=["none", "static"], n=40, done=rows[:3], batch_size=16,
+    kept = [dict(r, top1=-1.0) for r in rows[:3]]  # marked, to tell a kept row from a measured one
+    resumed = guidance_sweep(again, encoder, weights=[1, 2], modes=["none", "static"], n=40, done=kept, batch_size=16,
                              progress=False)
-    assert resumed[:3] == rows[:3] and resumed[3]["frechet"] == pytest.approx(rows[3]["frechet"])
+    assert [r["top1"] for r in resumed[:3]] == [-1.0] * 3 and resumed[3]["frechet"] == pytest.approx(rows[3]["frechet"])
     assert again.calls == [(2.0, "static")] * 3
+    # rows of another setting (other n, steps or sampler) are measured again
+    for other in (dict(n=39), dict(steps=10), dict(eta=0.0)):
+        again.calls.clear()
+        guidance_sweep(again, encoder, weights=[1], modes=["none"], n=40, done=[dict(kept[0], **other)], batch_size=16,
+                       progress=False)
+        assert again.calls == [(1.0, "none")] * 3, other
     path = write_sweep(rows, tmp_path / "sweep.csv", comment="made by a test")
     back = read_sweep(path)
     assert [(r["guidance"], r["threshold"], r["n"]) for r in back] == [(r["guidance"], r["threshold"], 40) for r in rows]
     assert back[2]["outside"] == pytest.approx(rows[2]["outside"], abs=1e-5)
     assert plot_sweep(back).axes[0].get_xlabel() == "guidance weight w"
-    assert 0 < frechet_floor(encoder, n=30) < drawing_frechet(encoder, -real, real)
+    assert 0 < frechet_reference(encoder, n=30) < drawing_frechet(encoder, -real, real)
     with pytest.raises(ValueError, match="modes must be among"):
         guidance_sweep(oracle, encoder, modes=["loud"], progress=False)
     with pytest.raises(ValueError, match="at least one value"):
@@ -176,7 +184,10 @@ def test_measure_prompts_and_the_paraphrased_names(tmp_path):
     names, paraphrases, targets = paraphrased_names()
     captions, real = held_out_names()
     assert len(names) >= 40 and [captions[t] for t in targets] == names
-    assert all(p and p != n for n, p in zip(names, paraphrases))
+    small = {"with", "and", "the", "for", "of"}
+    for name, said in zip(names, paraphrases):  # other words: no content word of the name comes back
+        shared = {w for w in re.findall(r"[a-z]+", name) if len(w) > 2 and w not in small} & set(re.findall(r"[a-z]+", said))
+        assert not shared, (name, said, shared)
     encoder = DrawingEncoder(8, 16).eval()
     oracle = DrawingOracle()
     row, images = measure_prompts(oracle, encoder, names[:10], targets[:10], guidance=1.0, batch_size=4)
@@ -184,6 +195,13 @@ def test_measure_prompts_and_the_paraphrased_names(tmp_path):
     torch.testing.assert_close(images, real[targets[:10]])
     with pytest.raises(ValueError, match="one length"):
         measure_prompts(oracle, encoder, names[:2], targets[:3])
+    with pytest.raises(ValueError, match="at least 2"):
+        measure_prompts(oracle, encoder, names[:1], targets[:1])
+    with pytest.raises(ValueError, match="indices into the 209"):
+        measure_prompts(oracle, encoder, names[:2], [0, 209])
+    assert oracle.calls == [(1.0, "static")] * 3  # the bad calls stopped before sampling
+    with pytest.raises(ValueError, match="n must be"):
+        held_out_names(1)
     bad = tmp_path / "p.json"
     bad.write_text('{"a flying teapot": "tea in the air"}')
     with pytest.raises(ValueError, match="not held-out OpenMoji names"):

@@ -267,31 +267,52 @@ def test_a_v_predicting_sr_stage_trains_and_samples(tmp_path):
     assert x.shape == (len(trainer.sample_prompts), 3, 16, 16) and torch.isfinite(x).all()
 
 
+_PAUSED_RUN = """
+import json, sys, time
+sys.path[:0] = sys.argv[1:3]
+from test_train import make_trainer
+trainer = make_trainer(sys.argv[3], steps=int(sys.argv[4]))
+print("training", flush=True)
+began = time.perf_counter()
+trainer.fit(progress=False)
+print(json.dumps({"step": trainer.step, "wall_time": trainer.wall_time, "elapsed": time.perf_counter() - began}))
+"""
+
+
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTSTP"), reason="needs POSIX job-control signals")
 def test_a_run_paused_with_sigtstp_does_not_count_the_pause(tmp_path):
-    """kill -TSTP pauses a background run (kill -CONT resumes it): its card's wall time and its time limit
-    count the training, not the pause."""
+    """kill -TSTP pauses a background run (kill -CONT resumes it): its card's wall time counts the training,
+    not the pause. The run is a child process, paused from here for 3 s soon after it starts training."""
     import os
+    import pathlib
+    import signal
     import subprocess
     import sys
     import time
 
-    trainer = make_trainer(tmp_path, steps=40)
-    trainer.fit(progress=False)  # warm up: the pause below must dwarf a run's own time
-    busy = trainer.wall_time
-    trainer = make_trainer(tmp_path / "paused", steps=40)
-    # A helper outside this process pauses it for 3 s shortly after training starts, then resumes it.
-    pid = os.getpid()
-    helper = subprocess.Popen([sys.executable, "-c", f"import os, signal, time; time.sleep(0.3); "
-                               f"os.kill({pid}, signal.SIGTSTP); time.sleep(3); os.kill({pid}, signal.SIGCONT)"])
-    began = time.perf_counter()
-    trainer.fit(progress=False, time_limit=2.5)  # would run out during the pause if the pause counted
-    elapsed = time.perf_counter() - began
-    helper.wait()
-    if elapsed < 3:
+    tests = pathlib.Path(__file__).parent
+    child = subprocess.Popen([sys.executable, "-c", _PAUSED_RUN, str(tests), str(tests.parent), str(tmp_path), "300"],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "training"
+    time.sleep(0.3)
+    os.kill(child.pid, signal.SIGTSTP)
+    time.sleep(3)
+    os.kill(child.pid, signal.SIGCONT)
+    out, _ = child.communicate(timeout=300)
+    result = json.loads(out.strip().splitlines()[-1])
+    if result["elapsed"] < 3:
         pytest.skip("the run ended before the pause began")
-    assert trainer.step == 40  # the limit of 2.5 s was not spent while stopped
-    assert trainer.wall_time < elapsed - 2.5 and trainer.wall_time < 3 * busy + 1
+    assert result["step"] == 300 and result["wall_time"] < result["elapsed"] - 2.5
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTSTP"), reason="needs POSIX job-control signals")
+def test_stop_watch_takes_sigtstp_only_while_it_runs():
+    import signal
+
+    before = signal.getsignal(signal.SIGTSTP)
+    with ckpt.StopWatch() as watch:
+        assert signal.getsignal(signal.SIGTSTP) == watch._stop
+    assert signal.getsignal(signal.SIGTSTP) == before
 
 
 def test_stop_watch_without_pauses_is_wall_time():

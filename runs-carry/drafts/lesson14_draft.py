@@ -45,7 +45,7 @@ import torch
 from minimagen.cascade import Imagen
 from minimagen.checkpoint import SHIPPED_DIR
 from minimagen.data import OPENMOJI_ATTRIBUTION, OpenMoji, openmoji_source
-from minimagen.drawings import (frechet_floor, held_out_names, held_out_retrieval, load_drawing_encoder,
+from minimagen.drawings import (frechet_reference, held_out_names, held_out_retrieval, load_drawing_encoder,
                                 measure_prompts, paraphrased_names, plot_sweep, ranks, read_sweep)
 from minimagen.evaluate import read_csv as read_shapes_sweep
 from minimagen.plot import show_images
@@ -109,8 +109,8 @@ print(f"drawing encoder: {card['parameters'] / 1e6:.2f} M parameters, {card['tra
       f"{card['training']['batch_size']}, {card['training']['wall_time_s'] / 60:.0f} min; {card['training']['hardware']}")
 found = held_out_retrieval(encoder, n=64)
 print(f"64 spoiled held-out drawings among their clean ones: top-1 {found['top1']:.3f} (chance {found['chance_top1']:.3f})")
-floor = frechet_floor(encoder)
-print(f"Fréchet floor: {len(one_each)} real training drawings against the held-out ones: {floor:.3f}")
+reference = frechet_reference(encoder)
+print(f"Fréchet reference: {len(one_each)} real drawings of other emojis against the held-out ones: {reference:.3f}")
 ''')
 md('''
 ## The cascade trained on OpenMoji
